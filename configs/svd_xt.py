@@ -1,0 +1,65 @@
+r"""Model configs of StableAnimator on SVD-xt: the released networks, and a tiny variant.
+
+Each section uses the key names of the released config files (diffusers `config.json` for the
+UNet and VAE, transformers `config.json` for CLIP, the constructor arguments of the StableAnimator
+modules for the rest), so a config read from a checkpoint folder and one from here are the same
+data. Full size: 1,550,182,122 UNet parameters including the ID adapter (SPEC §2.1).
+
+  get_config()        the release (SVD-xt, ViT-H/14, PoseNet(320), FusionFaceId, IResNet-100)
+  get_config('tiny')  small widths for tests and the bundled demo (runs in seconds on a CPU)
+"""
+
+import ml_collections
+
+
+def _unet(channels, heads, cross_attention_dim, time_dim):
+  return dict(
+      in_channels=8, out_channels=4,
+      down_block_types=['CrossAttnDownBlockSpatioTemporal'] * 3 + ['DownBlockSpatioTemporal'],
+      up_block_types=['UpBlockSpatioTemporal'] + ['CrossAttnUpBlockSpatioTemporal'] * 3,
+      block_out_channels=channels, num_attention_heads=heads, layers_per_block=2,
+      transformer_layers_per_block=1, cross_attention_dim=cross_attention_dim,
+      addition_time_embed_dim=time_dim, projection_class_embeddings_input_dim=3 * time_dim,
+      num_frames=25, num_face_tokens=4)
+
+
+def _vae(channels):
+  return dict(in_channels=3, out_channels=3, down_block_types=['DownEncoderBlock2D'] * 4,
+              block_out_channels=channels, layers_per_block=2, latent_channels=4,
+              scaling_factor=0.18215, force_upcast=True)
+
+
+def _clip(hidden, intermediate, layers, heads, patch, projection):
+  return dict(hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
+              num_attention_heads=heads, patch_size=patch, image_size=224, num_channels=3,
+              projection_dim=projection, layer_norm_eps=1e-5, hidden_act='gelu')
+
+
+def _face_encoder(dim, heads):
+  return dict(cross_attention_dim=dim, id_embeddings_dim=512, clip_embeddings_dim=dim,
+              num_tokens=4, perceiver_depth=4, dim_head=64, heads=heads, ff_mult=4)
+
+
+def get_config(variant: str = '') -> ml_collections.ConfigDict:
+  """Returns the model configs; `variant` is '' (release) or 'tiny'."""
+  if variant == '':
+    sections = dict(
+        unet=_unet([320, 640, 1280, 1280], [5, 10, 20, 20], 1024, 256),
+        vae=_vae([128, 256, 512, 512]),
+        image_encoder=_clip(1280, 5120, 32, 16, 14, 1024),
+        pose_net=dict(noise_latent_channels=320),
+        face_encoder=_face_encoder(1024, 16),
+        face_embedder=dict(layers=[3, 13, 30, 3], num_features=512),
+    )
+  elif variant == 'tiny':
+    sections = dict(
+        unet=_unet([32, 32, 32, 32], [1, 2, 2, 2], 128, 32),
+        vae=_vae([32, 64, 32, 32]),
+        image_encoder=_clip(64, 128, 2, 2, 32, 128),
+        pose_net=dict(noise_latent_channels=32),
+        face_encoder=_face_encoder(128, 2),
+        face_embedder=dict(layers=[1, 1, 1, 1], num_features=512),
+    )
+  else:
+    raise ValueError(f"unknown variant {variant!r}; expected '' or 'tiny'")
+  return ml_collections.ConfigDict(sections)

@@ -1,0 +1,1 @@
+"""sa-jax: StableAnimator (identity-preserving human image animation) in JAX/Flax."""

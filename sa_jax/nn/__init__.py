@@ -1,0 +1,1 @@
+"""Building blocks shared by every sa-jax model: one copy of each."""

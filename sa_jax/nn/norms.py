@@ -1,0 +1,69 @@
+"""Normalisation layers with explicit eps and float32 statistics.
+
+torch semantics: biased variance, `(x - mean) / sqrt(var + eps) * scale + bias`. Flax's own
+defaults differ (LayerNorm eps 1e-6), so every caller passes `epsilon` explicitly.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from sa_jax import sharding
+
+Dtype = Any
+
+
+def _affine_params(module: nn.Module, features: int, param_dtype: Dtype):
+  scale = module.param('scale', nn.with_logical_partitioning(nn.initializers.ones, (sharding.NORM,)),
+                       (features,), param_dtype)
+  bias = module.param('bias', nn.with_logical_partitioning(nn.initializers.zeros, (sharding.NORM,)),
+                      (features,), param_dtype)
+  return scale, bias
+
+
+class GroupNorm(nn.Module):
+  """GroupNorm over every axis but the first, per group of channels.
+
+  On `[BF, H, W, C]` the statistics are per frame (torch `GroupNorm` on 4-D input); on
+  `[B, F, H, W, C]` they pool over the frames too (torch `GroupNorm` on a 5-D `(B, C, F, H, W)`
+  tensor, used by the temporal resnets).
+
+  Attributes:
+    epsilon: added to the variance (no default: SPEC §7.3 lists per-block values).
+    num_groups: channel groups (32 throughout SVD).
+  """
+  epsilon: float
+  num_groups: int = 32
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    channels = x.shape[-1]
+    if channels % self.num_groups:
+      raise ValueError(f'GroupNorm: {channels} channels do not split into {self.num_groups} groups')
+    scale, bias = _affine_params(self, channels, self.param_dtype)
+    xg = x.astype(jnp.float32).reshape(x.shape[:-1] + (self.num_groups, channels // self.num_groups))
+    axes = tuple(range(1, xg.ndim - 2)) + (xg.ndim - 1,)
+    mean = xg.mean(axes, keepdims=True)
+    var = jnp.square(xg - mean).mean(axes, keepdims=True)
+    y = ((xg - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(x.shape)
+    return (y * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(self.dtype)
+
+
+class LayerNorm(nn.Module):
+  """LayerNorm over the last axis with affine parameters (torch `nn.LayerNorm`)."""
+  epsilon: float
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    scale, bias = _affine_params(self, x.shape[-1], self.param_dtype)
+    xf = x.astype(jnp.float32)
+    mean = xf.mean(-1, keepdims=True)
+    var = jnp.square(xf - mean).mean(-1, keepdims=True)
+    y = (xf - mean) * jax.lax.rsqrt(var + self.epsilon)
+    return (y * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(self.dtype)

@@ -1,0 +1,75 @@
+"""Discovery of golden reference cases (`$SA_REFERENCE_DIR`, default `tests/reference`).
+
+A case is a folder holding `case.json` and `io.npz`; its kind is the `case` field of
+`case.json`. Tests parametrise over `cases(kind)` and build every model from the case's own
+config, so another reference set with other shapes passes the same tests.
+"""
+
+import dataclasses
+import json
+import os
+from collections.abc import Mapping
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DEFAULT_DIR = Path(__file__).resolve().parents[1] / 'reference'
+
+
+def reference_dir() -> Path:
+  """The reference directory; a missing directory is an error, never a silent skip."""
+  path = Path(os.environ.get('SA_REFERENCE_DIR', DEFAULT_DIR))
+  if not path.is_dir():
+    raise FileNotFoundError(f'reference directory {path} does not exist (set SA_REFERENCE_DIR)')
+  return path
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+  """One golden case: its folder, `case.json` and arrays."""
+  path: Path
+
+  @property
+  def name(self) -> str:
+    return self.path.name
+
+  @cached_property
+  def meta(self) -> Mapping[str, Any]:
+    return json.loads((self.path / 'case.json').read_text())
+
+  @cached_property
+  def io(self) -> Mapping[str, np.ndarray]:
+    with np.load(self.path / 'io.npz') as data:
+      return {k: data[k] for k in data.files}
+
+  def __str__(self) -> str:
+    return self.name
+
+
+def cases(kind: str) -> list[Case]:
+  """All cases of one kind (`case.json["case"] == kind`), sorted by folder name."""
+  root = reference_dir()
+  found = []
+  for folder in sorted(p for p in root.iterdir() if (p / 'case.json').is_file()):
+    if json.loads((folder / 'case.json').read_text()).get('case') == kind:
+      found.append(Case(folder))
+  return found
+
+
+def assert_close(actual: Any, expected: np.ndarray, atol: float, rtol: float = 0.0,
+                 name: str = '') -> tuple[float, float]:
+  """Asserts `|a - e| <= atol + rtol |e|` elementwise; returns (max abs err, max rel err)."""
+  actual = np.asarray(actual, np.float64)
+  expected = np.asarray(expected, np.float64)
+  if actual.shape != expected.shape:
+    raise AssertionError(f'{name}: shape {actual.shape} != reference {expected.shape}')
+  err = np.abs(actual - expected)
+  max_abs = float(err.max(initial=0.0))
+  max_rel = max_abs / max(float(np.abs(expected).max(initial=0.0)), 1e-30)
+  bad = err > atol + rtol * np.abs(expected)
+  if bad.any():
+    raise AssertionError(f'{name}: {int(bad.sum())}/{bad.size} elements off; max abs err {max_abs:.3g} '
+                         f'(atol {atol:g}, rtol {rtol:g}), max abs err / max |ref| {max_rel:.3g}')
+  return max_abs, max_rel
