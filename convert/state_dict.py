@@ -13,6 +13,7 @@ every source tensor must be used; all offenders are listed in one error.
 import dataclasses
 import logging
 import os
+import pickle
 import re
 import zipfile
 from collections.abc import Iterable, Mapping
@@ -38,7 +39,7 @@ def _read_pth(path: str) -> dict[str, np.ndarray]:
   try:
     # weights_only: never unpickle arbitrary objects from a downloaded file.
     obj = torch.load(path, map_location='cpu', weights_only=True)
-  except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+  except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, pickle.UnpicklingError) as e:
     raise ValueError(f'{path}: not a readable torch state dict ({type(e).__name__}: {e})') from e
   if not isinstance(obj, Mapping):
     raise ValueError(f'{path}: expected a state dict (mapping of name to tensor), got {type(obj).__name__}')

@@ -67,3 +67,31 @@ class LayerNorm(nn.Module):
     var = jnp.square(xf - mean).mean(-1, keepdims=True)
     y = (xf - mean) * jax.lax.rsqrt(var + self.epsilon)
     return (y * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(self.dtype)
+
+
+class BatchNorm(nn.Module):
+  """Inference-mode BatchNorm over the last axis with stored statistics (torch `BatchNorm1d/2d` in eval).
+
+  `y = (x - mean) / sqrt(var + eps) * scale + bias`, computed in float32. The running statistics
+  are ordinary parameters (`mean`, `var`) next to `scale` and `bias`: the network that uses this
+  (the IResNet face embedder) is frozen, and keeping them in `params` lets one strict conversion fill
+  the whole tree. Differentiable w.r.t. `x`.
+
+  Attributes:
+    epsilon: added to the variance (torch default 1e-5).
+  """
+  epsilon: float
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """Args: x `[..., C]` (`[N, H, W, C]` or `[N, C]`). Returns x's shape in `dtype`."""
+    features = x.shape[-1]
+    scale, bias = _affine_params(self, features, self.param_dtype)
+    stat = lambda name, init: self.param(
+        name, nn.with_logical_partitioning(init, (sharding.NORM,)), (features,), self.param_dtype)
+    mean = stat('mean', nn.initializers.zeros).astype(jnp.float32)
+    var = stat('var', nn.initializers.ones).astype(jnp.float32)
+    y = (x.astype(jnp.float32) - mean) * jax.lax.rsqrt(var + self.epsilon)
+    return (y * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(self.dtype)

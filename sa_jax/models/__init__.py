@@ -1,0 +1,1 @@
+"""Flax ports of the StableAnimator networks, one model per file."""

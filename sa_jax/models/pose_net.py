@@ -1,0 +1,80 @@
+"""PoseNet, the pose guider: pose images -> latent-resolution features added to the UNet input (SPEC §3.1).
+
+Mirrors StableAnimator `animation/modules/pose_net.py: PoseNet`. Eight convolutions, each followed by
+SiLU, bring `[H, W, 3]` down to `[H/8, W/8, 128]` (three 4x4 stride-2 convolutions with symmetric
+padding 1, SPEC §7.2); a 1x1 `final_proj` gives the UNet's first-block width and the result is
+multiplied by the learned scalar `scale`. Parameter names match the torch state dict:
+`conv_layers_{0,2,...,14}` (torch `conv_layers.N`), `final_proj`, and the top-level `scale`.
+"""
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from sa_jax.nn import linear
+
+Dtype = Any
+
+# (torch Sequential index, output channels, kernel, stride); padding is always 1 on every side.
+_CONV_LAYERS = (
+    (0, 3, 3, 1), (2, 16, 4, 2),
+    (4, 16, 3, 1), (6, 32, 4, 2),
+    (8, 32, 3, 1), (10, 64, 4, 2),
+    (12, 64, 3, 1), (14, 128, 3, 1),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class PoseNetConfig:
+  """Attributes: noise_latent_channels: output channels C (320 = UNet block 0 width)."""
+  noise_latent_channels: int = 320
+
+  @classmethod
+  def from_dict(cls, d: Mapping[str, Any]) -> 'PoseNetConfig':
+    """From the StableAnimator constructor keys (`noise_latent_channels`); unknown keys are ignored."""
+    return cls(noise_latent_channels=int(d.get('noise_latent_channels', cls.noise_latent_channels)))
+
+
+class PoseNet(nn.Module):
+  """Pose guider.
+
+  Attributes:
+    config: `PoseNetConfig`.
+  """
+  config: PoseNetConfig
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, poses: jax.Array) -> jax.Array:
+    """Args:
+      poses: `[F, H, W, 3]` or `[B, F, H, W, 3]` pose images in [-1, 1].
+    Returns:
+      `[F, H/8, W/8, C]`, or `[BF, H/8, W/8, C]` (batch-major) for 5-D input.
+    """
+    if poses.ndim not in (4, 5) or poses.shape[-1] != 3:
+      raise ValueError(f'poses must be [F, H, W, 3] or [B, F, H, W, 3], got shape {poses.shape}')
+    x = poses.astype(self.dtype)
+    if x.ndim == 5:
+      x = x.reshape((-1,) + x.shape[2:])                 # [B, F, H, W, 3] -> [BF, H, W, 3]
+    for index, features, kernel, stride in _CONV_LAYERS:
+      x = linear.conv(features, (kernel, kernel), strides=stride, padding=((1, 1), (1, 1)),
+                      dtype=self.dtype, param_dtype=self.param_dtype,
+                      name=f'conv_layers_{index}')(x)
+      x = nn.silu(x)
+    x = linear.conv1x1(self.config.noise_latent_channels, dtype=self.dtype,
+                       param_dtype=self.param_dtype, name='final_proj')(x)
+    scale = self.param('scale', nn.with_logical_partitioning(nn.initializers.constant(2.0), (None,)),
+                       (1,), self.param_dtype)
+    return x * scale.astype(self.dtype)
+
+
+def abstract_params(config: PoseNetConfig, dtype: Dtype = jnp.float32) -> Any:
+  """Boxed `ShapeDtypeStruct` tree of the parameters (no memory is allocated)."""
+  model = PoseNet(config, dtype=dtype, param_dtype=dtype)
+  return jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 8, 8, 3), dtype))['params']
+

@@ -1,0 +1,39 @@
+import jax
+import numpy as np
+import pytest
+
+from sa_jax.nn import attention
+
+
+def _numpy_attention(q, k, v, scale):
+  logits = np.einsum('blnd,bsnd->bnls', q, k) * scale
+  p = np.exp(logits - logits.max(-1, keepdims=True))
+  p /= p.sum(-1, keepdims=True)
+  return np.einsum('bnls,bsnd->blnd', p, v)
+
+
+def test_matches_softmax_formula_and_chunks_agree():
+  rng = np.random.default_rng(0)
+  q, k, v = (rng.standard_normal(s, np.float32) for s in ((2, 12, 3, 8), (2, 5, 3, 8), (2, 5, 3, 8)))
+  want = _numpy_attention(q, k, v, 8 ** -0.5)
+  np.testing.assert_allclose(attention.dot_product_attention(q, k, v), want, atol=1e-5)
+  np.testing.assert_allclose(attention.dot_product_attention(q, k, v, query_chunk_size=4), want, atol=1e-5)
+  np.testing.assert_allclose(attention.dot_product_attention(q, k, v, scale=0.3),
+                             _numpy_attention(q, k, v, 0.3), atol=1e-5)
+  with pytest.raises(ValueError, match='does not divide 12'):
+    attention.dot_product_attention(q, k, v, query_chunk_size=5)
+
+
+def test_heads_split_channels_head_major():
+  x = np.arange(2 * 3 * 8).reshape(2, 3, 8)
+  heads = attention.split_heads(x, 2)
+  np.testing.assert_array_equal(heads[:, :, 1], x[:, :, 4:])
+  np.testing.assert_array_equal(attention.merge_heads(heads), x)
+
+
+def test_attention_module_params():
+  module = attention.Attention(heads=2, head_dim=4, qkv_bias=True, out_features=6)
+  shapes = jax.eval_shape(module.init, jax.random.key(0), np.zeros((1, 3, 5)), np.zeros((1, 2, 7)))
+  params = jax.tree.map(lambda s: s.shape, __import__('flax').linen.unbox(shapes['params']))
+  assert params == {'to_q': {'kernel': (5, 8), 'bias': (8,)}, 'to_k': {'kernel': (7, 8), 'bias': (8,)},
+                    'to_v': {'kernel': (7, 8), 'bias': (8,)}, 'to_out': {'kernel': (8, 6), 'bias': (6,)}}
