@@ -60,6 +60,19 @@ def reference_joints(reference: Pose) -> tuple[int, ...]:
   return tuple(j for j in REFERENCE_JOINTS if reference.scores[0, j] > VISIBLE)
 
 
+def check_reference(reference: Pose) -> tuple[int, ...]:
+  """The reference's alignment joints; an error when there are fewer than 2 (nothing to fit)."""
+  if reference.num_people == 0:
+    raise ValueError('no person detected in the reference image, so the driving skeletons cannot be '
+                     'aligned to it (use --no-align to keep them unaligned)')
+  joints = reference_joints(reference)
+  if len(joints) < 2:
+    raise ValueError(f'the reference body shows {len(joints)} of the alignment joints '
+                     f'{REFERENCE_JOINTS} with score > {VISIBLE}, need at least 2 '
+                     '(use --no-align to keep the skeletons unaligned)')
+  return joints
+
+
 def fit_alignment(reference: Pose, frames: Sequence[Pose], aspect_correct: bool = False) -> Alignment:
   """Fits the scale and offset that map the driving bodies onto the reference body.
 
@@ -71,14 +84,7 @@ def fit_alignment(reference: Pose, frames: Sequence[Pose], aspect_correct: bool 
   Returns:
     the fitted `Alignment`.
   """
-  if reference.num_people == 0:
-    raise ValueError('no person detected in the reference image, so the driving skeletons cannot be '
-                     'aligned to it (use --no-align to keep them unaligned)')
-  joints = reference_joints(reference)
-  if len(joints) < 2:
-    raise ValueError(f'the reference body shows {len(joints)} of the alignment joints '
-                     f'{REFERENCE_JOINTS} with score > {VISIBLE}, need at least 2 '
-                     '(use --no-align to keep the skeletons unaligned)')
+  joints = check_reference(reference)
   used = tuple(i for i, pose in enumerate(frames) if pose.num_people == 1)
   if not used:
     raise ValueError(f'none of the {len(frames)} driving frames has exactly one person, so no alignment '

@@ -9,7 +9,7 @@ applied to photos, as `cv2.imread` does in the reference tools.
 import dataclasses
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import imageio_ffmpeg
@@ -74,22 +74,43 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
 
 def _select(indexed: Iterator[tuple[int, Frame]], stride: int,
             max_frames: int | None) -> Iterator[Frame]:
-  """Every `stride`-th frame, at most `max_frames` of them; closes the source when done."""
+  """Every `stride`-th frame, at most `max_frames` of them."""
   count = 0
-  try:
-    for index, frame in indexed:
-      if index % stride:
-        continue
-      yield frame
-      count += 1
-      if max_frames is not None and count >= max_frames:
-        return
-  finally:
-    indexed.close()
+  for index, frame in indexed:
+    if index % stride:
+      continue
+    yield frame
+    count += 1
+    if max_frames is not None and count >= max_frames:
+      return
 
 
-def _video_frames(path: Path) -> Iterator[tuple[int, Frame]]:
-  """Starts ffmpeg and reads the stream header now (so a bad file fails here), frames lazily."""
+class FrameStream(Iterator[Frame]):
+  """The kept frames of a source, in order; `close()` stops the decoder, started or not."""
+
+  def __init__(self, indexed: Iterator[tuple[int, Frame]], stride: int, max_frames: int | None,
+               release: Callable[[], None] = lambda: None):
+    self._frames = _select(indexed, stride, max_frames)
+    self._release = release
+
+  def __next__(self) -> Frame:
+    try:
+      return next(self._frames)
+    except StopIteration:
+      self.close()
+      raise
+
+  def close(self) -> None:
+    self._frames.close()
+    self._release()
+
+
+def _video_frames(path: Path) -> tuple[Iterator[tuple[int, Frame]], Callable[[], None]]:
+  """Starts ffmpeg and reads the stream header now (so a bad file fails here); frames come lazily.
+
+  Returns:
+    the (index, frame) iterator and the function that stops ffmpeg.
+  """
   reader = imageio_ffmpeg.read_frames(str(path), pix_fmt='rgb24')
   try:
     width, height = next(reader)['size']
@@ -104,10 +125,8 @@ def _video_frames(path: Path) -> Iterator[tuple[int, Frame]]:
         yield index, Frame(image, f'{path.name} frame {index}')
     except (OSError, RuntimeError) as err:
       raise ValueError(f'cannot read video {path}: {err}') from err
-    finally:
-      reader.close()
 
-  return frames()
+  return frames(), reader.close
 
 
 def _folder_frames(files: list[Path]) -> Iterator[tuple[int, Frame]]:
@@ -116,7 +135,7 @@ def _folder_frames(files: list[Path]) -> Iterator[tuple[int, Frame]]:
 
 
 def iter_frames(video: str | os.PathLike | None = None, folder: str | os.PathLike | None = None,
-                stride: int = 1, max_frames: int | None = None) -> Iterator[Frame]:
+                stride: int = 1, max_frames: int | None = None) -> FrameStream:
   """Driving frames from exactly one of `video` or `folder`.
 
   The source is checked when this is called (missing or unreadable input fails here); frames are
@@ -129,7 +148,7 @@ def iter_frames(video: str | os.PathLike | None = None, folder: str | os.PathLik
     max_frames: stop after this many kept frames.
 
   Returns:
-    an iterator of `Frame`s in order.
+    a `FrameStream` of `Frame`s in order (close it when stopping early).
   """
   if (video is None) == (folder is None):
     raise ValueError(f'give exactly one of a video ({video}) or a frame folder ({folder})')
@@ -141,7 +160,6 @@ def iter_frames(video: str | os.PathLike | None = None, folder: str | os.PathLik
     video = Path(video)
     if not video.is_file():
       raise FileNotFoundError(f'video not found: {video}')
-    source = _video_frames(video)
-  else:
-    source = _folder_frames(list_images(folder))
-  return _select(source, stride, max_frames)
+    indexed, release = _video_frames(video)
+    return FrameStream(indexed, stride, max_frames, release)
+  return FrameStream(_folder_frames(list_images(folder)), stride, max_frames)

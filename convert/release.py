@@ -1,0 +1,184 @@
+"""The whole StableAnimator release -> one sa-jax checkpoint (SPEC §1.3).
+
+Release layout (paths can also be given one by one):
+
+    checkpoints/
+      SVD/stable-video-diffusion-img2vid-xt/   diffusers folder: unet/config.json, vae/, image_encoder/,
+                                                scheduler/, feature_extractor/
+      Animation/pose_net.pth, face_encoder.pth, unet.pth, glintr100_torch.pth (HJB face embedder)
+
+The UNet, VAE and CLIP configs come from the diffusers folder; PoseNet, FusionFaceId and the
+IResNet have no config file in the release, so theirs are read off the shapes of their weights.
+"""
+
+import dataclasses
+import json
+import logging
+import os
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from convert import clip as convert_clip
+from convert import face_encoder as convert_face_encoder
+from convert import iresnet as convert_iresnet
+from convert import pose_net as convert_pose_net
+from convert import state_dict as sd
+from convert import unet as convert_unet
+from convert import vae as convert_vae
+from sa_jax.models import face_encoder, iresnet, pose_net
+from sa_jax.sampling import schedule
+
+logger = logging.getLogger(__name__)
+
+FACE_HEAD_DIM = 64  # FusionFaceId's perceiver head width (its constructor default; not in the weights)
+
+
+@dataclasses.dataclass(frozen=True)
+class ReleasePaths:
+  """Where each part of the release is.
+
+  Attributes:
+    unet_config: the diffusers `unet/` folder (only its `config.json` is read).
+    vae: the diffusers `vae/` folder.
+    image_encoder: the transformers `image_encoder/` folder.
+    unet: the StableAnimator `unet.pth`.
+    pose_net: `pose_net.pth`.
+    face_encoder: `face_encoder.pth`.
+    face_embedder: the IResNet `.pth` for the HJB face correction, or None to leave it out.
+    scheduler: folder with `scheduler_config.json`, or None for the SVD defaults.
+    feature_extractor: folder with `preprocessor_config.json`, or None for the CLIP defaults.
+  """
+  unet_config: Path
+  vae: Path
+  image_encoder: Path
+  unet: Path
+  pose_net: Path
+  face_encoder: Path
+  face_embedder: Path | None = None
+  scheduler: Path | None = None
+  feature_extractor: Path | None = None
+
+  @classmethod
+  def from_svd(cls, svd: str | os.PathLike, animation: str | os.PathLike,
+               face_embedder: str | os.PathLike | None = None) -> 'ReleasePaths':
+    """An SVD diffusers folder plus the folder of the StableAnimator `.pth` files."""
+    svd, animation = Path(svd), Path(animation)
+    optional = lambda p: p if p.exists() else None
+    return cls(unet_config=svd / 'unet', vae=svd / 'vae', image_encoder=svd / 'image_encoder',
+               unet=animation / 'unet.pth', pose_net=animation / 'pose_net.pth',
+               face_encoder=animation / 'face_encoder.pth',
+               face_embedder=Path(face_embedder) if face_embedder else optional(animation / 'glintr100_torch.pth'),
+               scheduler=optional(svd / 'scheduler'), feature_extractor=optional(svd / 'feature_extractor'))
+
+  @classmethod
+  def from_checkpoints_dir(cls, root: str | os.PathLike,
+                           face_embedder: str | os.PathLike | None = None) -> 'ReleasePaths':
+    """Finds the parts in a release `checkpoints/` folder (see the module docstring)."""
+    root = Path(root)
+    candidates = [root / 'SVD' / 'stable-video-diffusion-img2vid-xt', root / 'SVD',
+                  root / 'stable-video-diffusion-img2vid-xt']
+    svd = next((p for p in candidates if (p / 'unet' / 'config.json').is_file()), None)
+    if svd is None:
+      raise FileNotFoundError('no SVD diffusers folder (with unet/config.json) at any of: '
+                              + ', '.join(map(str, candidates)))
+    return cls.from_svd(svd, root / 'Animation', face_embedder)
+
+  def check(self) -> None:
+    """Raises FileNotFoundError listing every part that is missing."""
+    wanted = {'UNet config': self.unet_config / 'config.json', 'VAE': self.vae,
+              'image encoder': self.image_encoder, 'unet.pth': self.unet, 'pose_net.pth': self.pose_net,
+              'face_encoder.pth': self.face_encoder, 'face embedder': self.face_embedder}
+    missing = [f'{name}: {path}' for name, path in wanted.items()
+               if path is not None and not Path(path).exists()]
+    if missing:
+      raise FileNotFoundError('release files not found:\n  ' + '\n  '.join(missing))
+
+
+def pose_net_config(tensors: Mapping[str, np.ndarray]) -> dict[str, Any]:
+  return dict(noise_latent_channels=int(tensors['final_proj.weight'].shape[0]))
+
+
+def face_encoder_config(tensors: Mapping[str, np.ndarray]) -> dict[str, Any]:
+  dim = int(tensors['norm.weight'].shape[0])
+  depth = len({m.group(1) for k in tensors if (m := re.match(r'fusion_model\.layers\.(\d+)\.', k))})
+  inner = int(tensors['fusion_model.layers.0.0.to_q.weight'].shape[0])
+  return dict(cross_attention_dim=dim, id_embeddings_dim=int(tensors['proj.0.weight'].shape[1]),
+              clip_embeddings_dim=int(tensors['fusion_model.proj_in.weight'].shape[1]),
+              num_tokens=int(tensors['proj.2.weight'].shape[0]) // dim, perceiver_depth=depth,
+              dim_head=FACE_HEAD_DIM, heads=inner // FACE_HEAD_DIM,
+              ff_mult=int(tensors['fusion_model.layers.0.1.1.weight'].shape[0]) // dim)
+
+
+def face_embedder_config(tensors: Mapping[str, np.ndarray]) -> dict[str, Any]:
+  layers = [len({m.group(1) for k in tensors if (m := re.match(rf'layer{i}\.(\d+)\.', k))})
+            for i in range(1, 5)]
+  return dict(layers=layers, num_features=int(tensors['fc.weight'].shape[0]))
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+  if not path.is_file():
+    raise FileNotFoundError(f'config not found: {path}')
+  with open(path) as f:
+    return json.load(f)
+
+
+def convert_release(paths: ReleasePaths, dtype: Any = np.float32,
+                    progress: Callable[[str], None] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+  """Reads and converts every network of the release, strictly.
+
+  Args:
+    paths: where the release files are.
+    dtype: dtype of the produced parameters (numpy float32 or ml_dtypes bfloat16).
+    progress: called with the name of each network once it is converted.
+  Returns:
+    `(params, config)` ready for `sa_jax.checkpoint.save`.
+  """
+  paths.check()
+  report = progress or (lambda name: None)
+  params: dict[str, Any] = {}
+  models: dict[str, Any] = {}
+
+  unet_section = dict(_read_json(paths.unet_config / 'config.json'), num_face_tokens=4)
+  unet_config = convert_unet.unet.UNetConfig.from_dict(unet_section)
+  params['unet'] = convert_unet.load_unet(paths.unet, unet_config, dtype)
+  models['unet'] = unet_section
+  report('unet')
+
+  models['vae'] = _read_json(paths.vae / 'config.json')
+  params['vae'] = convert_vae.load_vae(paths.vae, convert_vae.read_config(paths.vae), dtype)
+  report('vae')
+
+  models['image_encoder'] = _read_json(paths.image_encoder / 'config.json')
+  params['image_encoder'] = convert_clip.load_image_encoder(paths.image_encoder, dtype=dtype)
+  report('image_encoder')
+
+  tensors = sd.load_state_dict(paths.pose_net)
+  models['pose_net'] = pose_net_config(tensors)
+  params['pose_net'] = convert_pose_net.load_pose_net(
+      paths.pose_net, pose_net.PoseNetConfig.from_dict(models['pose_net']), dtype)
+  report('pose_net')
+
+  tensors = sd.load_state_dict(paths.face_encoder)
+  models['face_encoder'] = face_encoder_config(tensors)
+  params['face_encoder'] = convert_face_encoder.load_face_encoder(
+      paths.face_encoder, face_encoder.FaceEncoderConfig.from_dict(models['face_encoder']), dtype)
+  report('face_encoder')
+
+  if paths.face_embedder is not None:
+    tensors = sd.load_state_dict(paths.face_embedder)
+    models['face_embedder'] = face_embedder_config(tensors)
+    params['face_embedder'] = convert_iresnet.load_face_embedder(
+        paths.face_embedder, iresnet.IResNetConfig.from_dict(models['face_embedder']), dtype)
+    report('face_embedder')
+
+  scheduler = {} if paths.scheduler is None else _read_json(paths.scheduler / 'scheduler_config.json')
+  schedule.ScheduleConfig.from_dict(scheduler)
+  mean, std = convert_clip.read_normalization(paths.feature_extractor)
+  config = dict(models=models, scheduler=scheduler, image_mean=list(mean), image_std=list(std),
+                dtype=np.dtype(dtype).name,
+                source={k: str(v) for k, v in dataclasses.asdict(paths).items() if v is not None})
+  return params, config

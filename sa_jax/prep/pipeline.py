@@ -1,0 +1,203 @@
+"""`sa-prep`: driving frames, skeletons, face masks and the reference face embedding, one folder (SPEC §6).
+
+Output layout (read by `sa-animate`; `sa-train` reads images/poses/faces):
+
+  OUT/reference.png             the reference photo, RGB (EXIF orientation applied)
+  OUT/reference_face_mask.png   single-channel 0/255 face box(es) of the reference, at its size (HJB)
+  OUT/face_embedding.npy        float32 [512] raw ArcFace embedding of the largest reference face
+  OUT/images/frame_<i>.png      the driving frames, RGB, at their own size, i = 0..N-1
+  OUT/poses/frame_<i>.png       skeletons: aligned at the reference size, unaligned at the frame size
+  OUT/faces/frame_<i>.png       single-channel 0/255 face masks at the generation size W x H
+  OUT/keypoints.json            detected (unaligned) keypoints, face boxes, sizes and the alignment
+
+The three reference files are absent when no reference is given (training data, `align=False`).
+OUT is built in a hidden sibling folder and renamed into place only when everything succeeded.
+"""
+
+import dataclasses
+import json
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from sa_jax.prep import faces, frames, keypoints, model_files, skeleton, staging
+from sa_jax.prep.align import Alignment, check_reference, fit_alignment
+from sa_jax.prep.dwpose import PoseEstimator, default_providers
+from sa_jax.prep.keypoints import Pose
+
+logger = logging.getLogger(__name__)
+
+FORMAT = 'sa-prep keypoints 1'
+KEYPOINTS_FILE = 'keypoints.json'
+LAYOUT = {name: [part.start, part.stop] for name, part in keypoints.PARTS}
+
+
+@dataclasses.dataclass(frozen=True)
+class PrepConfig:
+  """Options of `prepare`.
+
+  Attributes:
+    width, height: generation resolution W x H (the face masks' size).
+    align: align the driving skeletons to the reference body (inference); False for training data.
+    aspect_correct: correct the alignment's x scale for differing aspect ratios (`align` module).
+    stride: keep every `stride`-th source frame.
+    max_frames: keep at most this many frames (None: all).
+    whole_image_fallback: with no person box, run the pose model on the whole frame (reference tools).
+    overwrite: replace a non-empty output folder.
+  """
+  width: int = 512
+  height: int = 512
+  align: bool = True
+  aspect_correct: bool = False
+  stride: int = 1
+  max_frames: int | None = None
+  whole_image_fallback: bool = False
+  overwrite: bool = False
+
+
+def prepare(out: str | os.PathLike, *, reference: str | os.PathLike | None = None,
+            video: str | os.PathLike | None = None, frame_dir: str | os.PathLike | None = None,
+            dwpose_dir: str | os.PathLike | None = model_files.DWPOSE_DIR,
+            detector: str | os.PathLike | None = None, pose_model: str | os.PathLike | None = None,
+            insightface_root: str | os.PathLike = '.', config: PrepConfig = PrepConfig(),
+            providers: Sequence[str] | None = None) -> Path:
+  """Builds the `sa-animate` input folder `out` (layout in the module docstring).
+
+  Args:
+    out: output folder (created; must be absent or empty unless `config.overwrite`).
+    reference: the reference photo (required when `config.align`).
+    video, frame_dir: exactly one driving source, a video file or a folder of images.
+    dwpose_dir: folder with yolox_l.onnx and dw-ll_ucoco_384.onnx.
+    detector, pose_model: explicit model files (override `dwpose_dir`).
+    insightface_root: ROOT holding models/antelopev2/*.onnx.
+    config: see `PrepConfig`.
+    providers: onnxruntime providers (default: CUDA if available, then CPU).
+
+  Returns:
+    the output folder.
+  """
+  if config.width <= 0 or config.height <= 0:
+    raise ValueError(f'generation size {config.width}x{config.height} must be positive')
+  if config.align and reference is None:
+    raise ValueError('aligning the skeletons needs a reference image (give one, or --no-align)')
+  detector_path, pose_path = model_files.dwpose_files(dwpose_dir, detector, pose_model)
+  staging.check_target(out, config.overwrite)
+  reference_image = frames.load_rgb(reference) if reference is not None else None
+  source = frames.iter_frames(video, frame_dir, config.stride, config.max_frames)
+  try:
+    providers = list(providers) if providers else default_providers()
+    estimator = PoseEstimator(detector_path, pose_path, providers, config.whole_image_fallback)
+    app = faces.load_face_analysis(insightface_root, providers)
+    with staging.staged_dir(out, config.overwrite) as folder:
+      record: dict[str, Any] = {'format': FORMAT, 'layout': LAYOUT, 'coordinates': 'x / width, y / height',
+                                'generation_size': {'width': config.width, 'height': config.height},
+                                'reference': None, 'alignment': None}
+      reference_pose = None
+      if reference_image is not None:
+        reference_pose, record['reference'] = _prepare_reference(folder, reference_image, estimator, app)
+        record['reference']['source'] = Path(reference).name
+        if config.align:
+          check_reference(reference_pose)
+      poses, record['frames'] = _prepare_frames(folder, source, estimator, app, config)
+      alignment = None
+      if config.align:
+        alignment = fit_alignment(reference_pose, poses, config.aspect_correct)
+        record['alignment'] = alignment.to_dict()
+        logger.info('alignment a=%s b=%s from %d of %d frames', alignment.a, alignment.b,
+                    len(alignment.frames), len(poses))
+      _draw_skeletons(folder / 'poses', poses, alignment, reference_pose)
+      (folder / KEYPOINTS_FILE).write_text(json.dumps(record))
+  finally:
+    source.close()
+  logger.info('wrote %d frames to %s', len(poses), out)
+  return Path(out)
+
+
+def redraw(keypoints_file: str | os.PathLike, out: str | os.PathLike, *, align: bool = True,
+           overwrite: bool = False) -> Path:
+  """Draws the skeletons of a `keypoints.json` again into the folder `out` (`frame_<i>.png`), no models.
+
+  Args:
+    keypoints_file: a `keypoints.json` written by `prepare`.
+    out: output folder (must be absent or empty unless `overwrite`).
+    align: apply the stored alignment (at the reference size); False draws the detected keypoints at
+      each frame's size.
+    overwrite: replace a non-empty output folder.
+
+  Returns:
+    the output folder.
+  """
+  path = Path(keypoints_file)
+  if not path.is_file():
+    raise FileNotFoundError(f'keypoints file not found: {path}')
+  record = json.loads(path.read_text())
+  if record.get('format') != FORMAT:
+    raise ValueError(f'{path} has format {record.get("format")!r}, expected {FORMAT!r}')
+  poses = [Pose.from_dict(entry) for entry in record['frames']]
+  alignment = reference_pose = None
+  if align and record['alignment'] is not None:
+    alignment = Alignment.from_dict(record['alignment'])
+    reference_pose = Pose.from_dict(record['reference'])
+  elif align:
+    logger.warning('%s has no alignment: drawing the skeletons unaligned', path)
+  with staging.staged_dir(out, overwrite) as folder:
+    _draw_skeletons(folder, poses, alignment, reference_pose)
+  return Path(out)
+
+
+def _prepare_reference(folder: Path, image: np.ndarray, estimator: PoseEstimator,
+                       app: faces.FaceAnalysis) -> tuple[Pose, dict[str, Any]]:
+  """Writes reference.png, reference_face_mask.png and face_embedding.npy; returns its keypoints."""
+  height, width = image.shape[:2]
+  frames.save_rgb(folder / 'reference.png', image)
+  pose = estimator(image)
+  if pose.num_people == 0:
+    logger.warning('reference image: no person detected')
+  boxes, embedding = faces.reference_faces(app, image)
+  frames.save_mask(folder / 'reference_face_mask.png', faces.face_mask(boxes, (width, height)))
+  np.save(folder / 'face_embedding.npy', embedding)
+  return pose, {**pose.to_dict(), 'faces': boxes.tolist()}
+
+
+def _prepare_frames(folder: Path, source: Iterator[frames.Frame], estimator: PoseEstimator,
+                    app: faces.FaceAnalysis, config: PrepConfig) -> tuple[list[Pose], list[dict[str, Any]]]:
+  """Writes images/ and faces/ frame by frame; returns every frame's keypoints and JSON record."""
+  (folder / 'images').mkdir()
+  (folder / 'faces').mkdir()
+  poses, records = [], []
+  without_face = 0
+  for i, frame in enumerate(tqdm(source, desc='frames', unit='frame', disable=None)):
+    height, width = frame.image.shape[:2]
+    frames.save_rgb(folder / 'images' / f'frame_{i}.png', frame.image)
+    pose = estimator(frame.image)
+    if pose.num_people == 0:
+      logger.warning('frame %d (%s): no person detected, its skeleton is empty', i, frame.source)
+    boxes = faces.detect_faces(app, frame.image)
+    without_face += len(boxes) == 0
+    mask = faces.face_mask(boxes, (width, height), (config.width, config.height))
+    frames.save_mask(folder / 'faces' / f'frame_{i}.png', mask)
+    poses.append(pose)
+    records.append({'index': i, 'source': frame.source, **pose.to_dict(), 'faces': boxes.tolist()})
+  if not poses:
+    raise ValueError('the driving source gave no frames (check --stride and --max-frames)')
+  if without_face:
+    logger.warning('%d of %d frames have no detected face: their masks cover the whole frame',
+                   without_face, len(poses))
+  return poses, records
+
+
+def _draw_skeletons(folder: Path, poses: Sequence[Pose], alignment: Alignment | None,
+                    reference: Pose | None) -> None:
+  """poses/frame_<i>.png: aligned at the reference size, or unaligned at each frame's size."""
+  folder.mkdir(exist_ok=True)
+  for i, pose in enumerate(tqdm(poses, desc='skeletons', unit='frame', disable=None)):
+    if alignment is not None:
+      image = skeleton.draw_pose(alignment.apply(pose), reference.height, reference.width)
+    else:
+      image = skeleton.draw_pose(pose, pose.height, pose.width)
+    frames.save_rgb(folder / f'frame_{i}.png', image)

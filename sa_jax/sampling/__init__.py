@@ -1,0 +1,1 @@
+"""Sampling: the EDM Euler schedule, temporal tiling, the HJB face correction and the sampler."""
