@@ -98,6 +98,13 @@ class ReleasePaths:
       raise FileNotFoundError('release files not found:\n  ' + '\n  '.join(missing))
 
 
+def _require(tensors: Mapping[str, np.ndarray], keys: tuple[str, ...], source: Path, what: str) -> None:
+  missing = [k for k in keys if k not in tensors]
+  if missing:
+    raise sd.CheckpointMismatchError(f'{source} is not a {what} state dict: it lacks {missing} '
+                                     f'(it has {len(tensors)} tensors, e.g. {sorted(tensors)[:3]})')
+
+
 def pose_net_config(tensors: Mapping[str, np.ndarray]) -> dict[str, Any]:
   return dict(noise_latent_channels=int(tensors['final_proj.weight'].shape[0]))
 
@@ -157,12 +164,16 @@ def convert_release(paths: ReleasePaths, dtype: Any = np.float32,
   report('image_encoder')
 
   tensors = sd.load_state_dict(paths.pose_net)
+  _require(tensors, ('final_proj.weight',), paths.pose_net, 'PoseNet')
   models['pose_net'] = pose_net_config(tensors)
   params['pose_net'] = convert_pose_net.load_pose_net(
       paths.pose_net, pose_net.PoseNetConfig.from_dict(models['pose_net']), dtype)
   report('pose_net')
 
   tensors = sd.load_state_dict(paths.face_encoder)
+  _require(tensors, ('norm.weight', 'proj.0.weight', 'proj.2.weight', 'fusion_model.proj_in.weight',
+                     'fusion_model.layers.0.0.to_q.weight', 'fusion_model.layers.0.1.1.weight'),
+           paths.face_encoder, 'FusionFaceId')
   models['face_encoder'] = face_encoder_config(tensors)
   params['face_encoder'] = convert_face_encoder.load_face_encoder(
       paths.face_encoder, face_encoder.FaceEncoderConfig.from_dict(models['face_encoder']), dtype)
@@ -170,6 +181,7 @@ def convert_release(paths: ReleasePaths, dtype: Any = np.float32,
 
   if paths.face_embedder is not None:
     tensors = sd.load_state_dict(paths.face_embedder)
+    _require(tensors, ('fc.weight', 'layer1.0.conv1.weight'), paths.face_embedder, 'IResNet')
     models['face_embedder'] = face_embedder_config(tensors)
     params['face_embedder'] = convert_iresnet.load_face_embedder(
         paths.face_embedder, iresnet.IResNetConfig.from_dict(models['face_embedder']), dtype)

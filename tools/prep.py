@@ -55,7 +55,7 @@ def _draw_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
   argv = list(sys.argv[1:] if argv is None else argv)
-  logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
+  logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s', force=True)
   if argv[:1] == ['draw']:
     args = _draw_parser().parse_args(argv[1:])
     prep.redraw(args.keypoints, args.out, align=not args.no_align, overwrite=args.overwrite)

@@ -1,0 +1,63 @@
+"""sa-convert on the golden weights laid out as the release."""
+
+import json
+import shutil
+
+import jax
+import ml_dtypes
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from convert import state_dict as sd
+from convert import unet as convert_unet
+from sa_jax import checkpoint
+from sa_jax.models import unet
+from tools import convert
+
+
+def test_checkpoint_holds_every_network(checkpoint_dir, release_dir):
+  params, config = checkpoint.load(checkpoint_dir)
+  assert set(params) == set(config['models']) == {'unet', 'vae', 'image_encoder', 'pose_net',
+                                                  'face_encoder', 'face_embedder'}
+  # Configs read off the weights equal the ones the golden cases were made with.
+  ref = release_dir / 'Animation'
+  case = lambda name: json.loads((ref / f'{name}.pth').resolve().parent.joinpath('case.json').read_text())
+  assert config['models']['face_embedder'] == {k: case('glintr100_torch')['config'][k]
+                                               for k in ('layers', 'num_features')}
+  fe = case('face_encoder')['config']
+  assert all(config['models']['face_encoder'][k] == v for k, v in fe.items())
+  direct = convert_unet.load_unet(ref / 'unet.pth', unet.UNetConfig.from_dict(config['models']['unet']))
+  for path, value in traverse_util.flatten_dict(direct).items():
+    np.testing.assert_array_equal(traverse_util.flatten_dict(params['unet'])[path], value)
+
+
+def test_bfloat16_and_missing_parts(release_dir, tmp_path):
+  out = tmp_path / 'bf16'
+  convert.main(['--release', str(release_dir), '--out', str(out), '--dtype', 'bfloat16'])
+  params, config = checkpoint.load(out, ('pose_net',))
+  assert config['dtype'] == 'bfloat16'
+  assert all(x.dtype == ml_dtypes.bfloat16 for x in jax.tree.leaves(params))
+  with pytest.raises(FileExistsError, match='--overwrite'):
+    convert.main(['--release', str(release_dir), '--out', str(out)])
+
+  broken = tmp_path / 'broken'
+  shutil.copytree(release_dir, broken, symlinks=True)
+  (broken / 'Animation' / 'pose_net.pth').unlink()
+  (broken / 'Animation' / 'unet.pth').unlink()
+  with pytest.raises(FileNotFoundError) as e:
+    convert.main(['--release', str(broken), '--out', str(tmp_path / 'never')])
+  assert 'unet.pth' in str(e.value) and 'pose_net.pth' in str(e.value)
+  assert not (tmp_path / 'never').exists()
+
+
+def test_wrong_weights_are_listed(release_dir, tmp_path):
+  broken = tmp_path / 'swapped'
+  shutil.copytree(release_dir, broken, symlinks=True)
+  face = broken / 'Animation' / 'face_encoder.pth'
+  face.unlink()
+  face.symlink_to((release_dir / 'Animation' / 'pose_net.pth').resolve())
+  with pytest.raises(sd.CheckpointMismatchError, match=r'face_encoder.pth is not a FusionFaceId state '
+                     r"dict: it lacks \['norm.weight'"):
+    convert.main(['--release', str(broken), '--out', str(tmp_path / 'never')])
+  assert not (tmp_path / 'never').exists()

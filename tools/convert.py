@@ -1,0 +1,63 @@
+r"""`sa-convert`: the released PyTorch weights -> one sa-jax checkpoint directory.
+
+  sa-convert --release checkpoints/ --out ckpt/                      # the release layout
+  sa-convert --svd stable-video-diffusion-img2vid-xt --animation checkpoints/Animation \
+      --face-embedder checkpoints/Animation/glintr100_torch.pth --out ckpt/ --dtype bfloat16
+"""
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+import ml_dtypes
+import numpy as np
+from tqdm import tqdm
+
+from convert import release
+from sa_jax import checkpoint
+
+logger = logging.getLogger('sa-convert')
+DTYPES = {'float32': np.float32, 'bfloat16': ml_dtypes.bfloat16}
+
+
+def _parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog='sa-convert', description='Convert the StableAnimator release to an '
+                              'sa-jax checkpoint (strict: every tensor is checked).')
+  source = p.add_mutually_exclusive_group(required=True)
+  source.add_argument('--release', help='release checkpoints/ folder (SVD/ and Animation/ inside)')
+  source.add_argument('--svd', help='SVD diffusers folder (unet/config.json, vae/, image_encoder/, ...)')
+  p.add_argument('--animation', help='folder with pose_net.pth, face_encoder.pth, unet.pth (with --svd)')
+  p.add_argument('--face-embedder', help='IResNet .pth for the HJB face correction (glintr100_torch.pth)')
+  p.add_argument('--out', required=True, help='checkpoint directory to write')
+  p.add_argument('--dtype', choices=sorted(DTYPES), default='float32')
+  p.add_argument('--overwrite', action='store_true', help='replace an existing --out')
+  return p
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  parser = _parser()
+  args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+  logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s', force=True)
+  logging.getLogger('absl').setLevel(logging.WARNING)  # orbax's per-file chatter
+  if args.svd and not args.animation:
+    parser.error('--svd needs --animation')
+  if args.release:
+    paths = release.ReleasePaths.from_checkpoints_dir(args.release, args.face_embedder)
+  else:
+    paths = release.ReleasePaths.from_svd(args.svd, args.animation, args.face_embedder)
+  total = 6 if paths.face_embedder is not None else 5
+  if paths.face_embedder is None:
+    logger.info('no face embedder found or given: the checkpoint will not support --hjb')
+  with tqdm(total=total, desc='converting', unit='network') as bar:
+    params, config = release.convert_release(
+        paths, DTYPES[args.dtype], progress=lambda name: (bar.set_postfix_str(name), bar.update(1)))
+  checkpoint.save(args.out, params, config, overwrite=args.overwrite)
+  for name, tree in params.items():
+    logger.info('%-14s %15s parameters', name, f'{checkpoint.count_params(tree):,}')
+  logger.info('%-14s %15s parameters -> %s (%s)', 'total', f'{checkpoint.count_params(params):,}',
+              args.out, args.dtype)
+
+
+if __name__ == '__main__':
+  main()
