@@ -9,7 +9,6 @@ An optional `position_ids` buffer (older transformers) carries no parameter and 
 Also reads the CLIP normalisation from the sibling `feature_extractor/preprocessor_config.json`.
 """
 
-import json
 import logging
 import os
 from typing import Any
@@ -39,10 +38,7 @@ KEYMAP = sd.KeyMap(
 def read_config(folder: str | os.PathLike) -> clip.CLIPVisionConfig:
   """The CLIP vision config of an `image_encoder/` folder (its transformers `config.json`)."""
   path = os.path.join(folder, 'config.json')
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f'image encoder config not found: {path}')
-  with open(path) as f:
-    return clip.CLIPVisionConfig.from_dict(json.load(f))
+  return clip.CLIPVisionConfig.from_dict(sd.read_json(path, 'image encoder config'))
 
 
 def read_normalization(folder: str | os.PathLike | None
@@ -57,8 +53,7 @@ def read_normalization(folder: str | os.PathLike | None
     logger.info('no preprocessor_config.json%s: using the OpenAI CLIP mean/std',
                 '' if path is None else f' at {path}')
     return clip.CLIP_MEAN, clip.CLIP_STD
-  with open(path) as f:
-    d = json.load(f)
+  d = sd.read_json(path, 'feature extractor config')
   mean = tuple(float(v) for v in d.get('image_mean', clip.CLIP_MEAN))
   std = tuple(float(v) for v in d.get('image_std', clip.CLIP_STD))
   if len(mean) != len(std):

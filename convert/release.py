@@ -12,7 +12,6 @@ IResNet have no config file in the release, so theirs are read off the shapes of
 """
 
 import dataclasses
-import json
 import logging
 import os
 import re
@@ -126,13 +125,6 @@ def face_embedder_config(tensors: Mapping[str, np.ndarray]) -> dict[str, Any]:
   return dict(layers=layers, num_features=int(tensors['fc.weight'].shape[0]))
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-  if not path.is_file():
-    raise FileNotFoundError(f'config not found: {path}')
-  with open(path) as f:
-    return json.load(f)
-
-
 def convert_release(paths: ReleasePaths, dtype: Any = np.float32,
                     progress: Callable[[str], None] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
   """Reads and converts every network of the release, strictly.
@@ -149,17 +141,17 @@ def convert_release(paths: ReleasePaths, dtype: Any = np.float32,
   params: dict[str, Any] = {}
   models: dict[str, Any] = {}
 
-  unet_section = dict(_read_json(paths.unet_config / 'config.json'), num_face_tokens=4)
+  unet_section = dict(sd.read_json(paths.unet_config / 'config.json', 'UNet config'), num_face_tokens=4)
   unet_config = convert_unet.unet.UNetConfig.from_dict(unet_section)
   params['unet'] = convert_unet.load_unet(paths.unet, unet_config, dtype)
   models['unet'] = unet_section
   report('unet')
 
-  models['vae'] = _read_json(paths.vae / 'config.json')
+  models['vae'] = sd.read_json(paths.vae / 'config.json', 'VAE config')
   params['vae'] = convert_vae.load_vae(paths.vae, convert_vae.read_config(paths.vae), dtype)
   report('vae')
 
-  models['image_encoder'] = _read_json(paths.image_encoder / 'config.json')
+  models['image_encoder'] = sd.read_json(paths.image_encoder / 'config.json', 'image encoder config')
   params['image_encoder'] = convert_clip.load_image_encoder(paths.image_encoder, dtype=dtype)
   report('image_encoder')
 
@@ -187,7 +179,8 @@ def convert_release(paths: ReleasePaths, dtype: Any = np.float32,
         paths.face_embedder, iresnet.IResNetConfig.from_dict(models['face_embedder']), dtype)
     report('face_embedder')
 
-  scheduler = {} if paths.scheduler is None else _read_json(paths.scheduler / 'scheduler_config.json')
+  scheduler = ({} if paths.scheduler is None
+               else sd.read_json(paths.scheduler / 'scheduler_config.json', 'scheduler config'))
   schedule.ScheduleConfig.from_dict(scheduler)
   mean, std = convert_clip.read_normalization(paths.feature_extractor)
   config = dict(models=models, scheduler=scheduler, image_mean=list(mean), image_std=list(std),

@@ -11,6 +11,7 @@ every source tensor must be used; all offenders are listed in one error.
 """
 
 import dataclasses
+import json
 import logging
 import os
 import pickle
@@ -82,6 +83,18 @@ def find_weights(folder: str | os.PathLike, stem: str) -> str:
     if os.path.isfile(candidate):
       return candidate
   raise FileNotFoundError(f'no {stem}[.fp16].safetensors or .bin in {folder}')
+
+
+def read_json(path: str | os.PathLike, what: str) -> dict[str, Any]:
+  """A JSON config file, with errors that name the file and what it should hold."""
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'{what} not found: {path}')
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except json.JSONDecodeError as e:
+    raise ValueError(f'{path}: not valid JSON ({e})') from e
 
 
 def _split_index(component: str, atomic: frozenset[str]) -> list[str]:

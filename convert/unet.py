@@ -6,7 +6,6 @@ tensors only; for it, the ID-adapter projections start as copies of the same blo
 `attn2.to_k`/`to_v`, as StableAnimator initialises them before training (SPEC §2.9).
 """
 
-import json
 import logging
 import os
 import re
@@ -33,11 +32,7 @@ KEYMAP = sd.KeyMap(renames=(
 
 def read_config(folder: str | os.PathLike) -> unet.UNetConfig:
   """The UNet config of a diffusers `unet/` folder (its `config.json`)."""
-  path = os.path.join(folder, 'config.json')
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f'UNet config not found: {path}')
-  with open(path) as f:
-    return unet.UNetConfig.from_dict(json.load(f))
+  return unet.UNetConfig.from_dict(sd.read_json(os.path.join(folder, 'config.json'), 'UNet config'))
 
 
 def _add_id_adapter_copies(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

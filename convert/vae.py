@@ -7,7 +7,6 @@ mid-block projections `query`, `key`, `value`, `proj_attn`; they are read as `to
 `to_v`, `to_out.0` (SPEC §3.4). Half-precision files are cast to the requested dtype.
 """
 
-import json
 import logging
 import os
 import re
@@ -29,11 +28,7 @@ _LEGACY = re.compile(r'(.*\.attentions\.\d+)\.(query|key|value|proj_attn)\.(weig
 
 def read_config(folder: str | os.PathLike) -> vae.VAEConfig:
   """The VAE config of a diffusers `vae/` folder (its `config.json`)."""
-  path = os.path.join(folder, 'config.json')
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f'VAE config not found: {path}')
-  with open(path) as f:
-    return vae.VAEConfig.from_dict(json.load(f))
+  return vae.VAEConfig.from_dict(sd.read_json(os.path.join(folder, 'config.json'), 'VAE config'))
 
 
 def rename_legacy_attention(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from tqdm import tqdm
 
 from sa_jax import animate
+from tools import setup_logging
 
 logger = logging.getLogger('sa-animate')
 
@@ -57,8 +58,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
   args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
-  logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s', force=True)
-  logging.getLogger('absl').setLevel(logging.WARNING)  # orbax's per-file chatter
+  setup_logging()
   inputs = animate.Inputs(folder=args.input, reference=args.reference, poses=args.poses,
                           face_masks=args.face_masks, reference_face_mask=args.reference_face_mask,
                           face_embedding=args.face_embedding, insightface_root=args.insightface_root)

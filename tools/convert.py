@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from convert import release
 from sa_jax import checkpoint
+from tools import setup_logging
 
 logger = logging.getLogger('sa-convert')
 DTYPES = {'float32': np.float32, 'bfloat16': ml_dtypes.bfloat16}
@@ -38,8 +39,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
   parser = _parser()
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-  logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s', force=True)
-  logging.getLogger('absl').setLevel(logging.WARNING)  # orbax's per-file chatter
+  setup_logging()
   if args.svd and not args.animation:
     parser.error('--svd needs --animation')
   if args.release:

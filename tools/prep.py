@@ -7,12 +7,12 @@ r"""`sa-prep`: skeletons, face masks and the face embedding for sa-animate / sa-
 """
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 
 from sa_jax import prep
 from sa_jax.prep import model_files
+from tools import setup_logging
 
 
 def _prepare_parser() -> argparse.ArgumentParser:
@@ -55,7 +55,7 @@ def _draw_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
   argv = list(sys.argv[1:] if argv is None else argv)
-  logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s', force=True)
+  setup_logging()
   if argv[:1] == ['draw']:
     args = _draw_parser().parse_args(argv[1:])
     prep.redraw(args.keypoints, args.out, align=not args.no_align, overwrite=args.overwrite)

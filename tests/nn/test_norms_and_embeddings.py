@@ -1,11 +1,9 @@
-import jax
 import numpy as np
 
 from sa_jax.nn import embeddings, norms
 
 
 def _apply(module, x):
-  variables = module.init(jax.random.key(0), x)
   scale = np.linspace(0.5, 1.5, x.shape[-1], dtype=np.float32)
   bias = np.linspace(-0.2, 0.2, x.shape[-1], dtype=np.float32)
   return module.apply({'params': {'scale': scale, 'bias': bias}}, x), scale, bias

@@ -5,8 +5,6 @@ update and loosely after it, as reference/README.md prescribes (Adam's first ste
 `lr * sign(grad)`, so rounding-level gradient differences flip individual updates).
 """
 
-import dataclasses
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp

@@ -27,10 +27,10 @@ def _check_outputs(out, frames, size):
   assert not [p for p in out.parent.iterdir() if p.name.startswith('.')], 'staging left behind'
 
 
-def test_demo_animates_the_bundled_sample(tmp_path, capsys):
+def test_demo_animates_the_bundled_sample(tmp_path, caplog):
   out = tmp_path / 'out' / 'sample.mp4'
   animate_tool.main(['--out', str(out), '--steps', '2'])
-  assert 'DEMO model' in capsys.readouterr().err
+  assert 'DEMO model' in caplog.text
   _check_outputs(out, FRAMES, Image.open(SAMPLE / 'reference.png').size)
   with pytest.raises(FileExistsError, match='--overwrite'):
     animate_tool.main(['--out', str(out), '--steps', '2'])
