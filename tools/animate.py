@@ -21,7 +21,7 @@ logger = logging.getLogger('sa-animate')
 
 def _parser() -> argparse.ArgumentParser:
   o = animate.Options()
-  p = argparse.ArgumentParser(prog='sa-animate', description=__doc__.split('\n')[0].strip('`r" '),
+  p = argparse.ArgumentParser(prog='sa-animate', description=__doc__.split('\n')[0].replace('`', ''),
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
   p.add_argument('--checkpoint', help='sa-convert output; omit for the bundled demo model and sample')
   p.add_argument('--input', help='an sa-prep folder (reference.png, poses/, faces/, ...)')
@@ -35,24 +35,28 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument('--overwrite', action='store_true', help='replace existing outputs')
   p.add_argument('--width', type=int, default=o.width, help='generation width (multiple of 64)')
   p.add_argument('--height', type=int, default=o.height, help='generation height (multiple of 64)')
-  p.add_argument('--steps', type=int, default=o.steps)
+  p.add_argument('--steps', type=int, default=o.steps, help='Euler denoising steps')
   p.add_argument('--guidance', type=float, default=o.max_guidance, help='guidance at the last frame')
-  p.add_argument('--min-guidance', type=float, help='guidance at the first frame (default: --guidance)')
-  p.add_argument('--tile-size', type=int, default=o.tile_size)
-  p.add_argument('--tile-overlap', type=int, default=o.tile_overlap)
+  p.add_argument('--min-guidance', type=float, help='guidance at the first frame (None: --guidance, no ramp)')
+  p.add_argument('--tile-size', type=int, default=o.tile_size,
+                 help='frames per UNet tile (shrunk to the clip when shorter)')
+  p.add_argument('--tile-overlap', type=int, default=o.tile_overlap, help='frames shared by neighbouring tiles')
   p.add_argument('--fps', type=int, default=o.fps, help='conditioning fps and output frame rate')
-  p.add_argument('--motion-bucket-id', type=float, default=o.motion_bucket_id)
-  p.add_argument('--noise-aug-strength', type=float, default=o.noise_aug_strength)
-  p.add_argument('--decode-chunk-size', type=int, default=o.decode_chunk_size)
-  p.add_argument('--seed', type=int, default=o.seed)
+  p.add_argument('--motion-bucket-id', type=float, default=o.motion_bucket_id, help='SVD motion conditioning')
+  p.add_argument('--noise-aug-strength', type=float, default=o.noise_aug_strength,
+                 help='noise added to the reference latents')
+  p.add_argument('--decode-chunk-size', type=int, default=o.decode_chunk_size,
+                 help='frames per VAE decoder call (changes the result, as in the reference)')
+  p.add_argument('--seed', type=int, default=o.seed, help='seed of the initial noise and noise augmentation')
   p.add_argument('--hjb', action='store_true', help='HJB face correction (needs face masks)')
-  p.add_argument('--hjb-start', type=int, default=o.hjb_start)
-  p.add_argument('--hjb-end', type=int, default=o.hjb_end)
-  p.add_argument('--hjb-iterations', type=int, default=o.hjb_iterations)
-  p.add_argument('--hjb-eta', type=float, default=o.hjb_eta)
+  p.add_argument('--hjb-start', type=int, default=o.hjb_start, help='first refine step (0-based)')
+  p.add_argument('--hjb-end', type=int, default=o.hjb_end, help='last refine step (inclusive)')
+  p.add_argument('--hjb-iterations', type=int, default=o.hjb_iterations, help='Adam iterations per refine step')
+  p.add_argument('--hjb-eta', type=float, default=o.hjb_eta,
+                 help='learning rate scale: step i uses eta * (1 - i / steps)')
   p.add_argument('--unet-batch-size', type=int, help='UNet rows per call (bounds memory)')
   p.add_argument('--query-chunk-size', type=int, help='spatial attention query chunk (bounds memory)')
-  p.add_argument('--dtype', choices=('float32', 'bfloat16'), default=o.dtype)
+  p.add_argument('--dtype', choices=('float32', 'bfloat16'), default=o.dtype, help='compute dtype')
   return p
 
 

@@ -54,11 +54,10 @@ class ModelConfigs:
                       f'unet.cross_attention_dim {u.cross_attention_dim}')
     if f.num_tokens != u.num_face_tokens:
       problems.append(f'face_encoder.num_tokens {f.num_tokens} != unet.num_face_tokens {u.num_face_tokens}')
-    if self.image_encoder.projection_dim not in (u.cross_attention_dim,) or \
-        f.clip_embeddings_dim != self.image_encoder.projection_dim:
-      problems.append(f'image_encoder.projection_dim {self.image_encoder.projection_dim} must equal '
-                      f'unet.cross_attention_dim {u.cross_attention_dim} and face_encoder.clip_embeddings_dim '
-                      f'{f.clip_embeddings_dim}')
+    projection = self.image_encoder.projection_dim
+    if projection != u.cross_attention_dim or projection != f.clip_embeddings_dim:
+      problems.append(f'image_encoder.projection_dim {projection} must equal unet.cross_attention_dim '
+                      f'{u.cross_attention_dim} and face_encoder.clip_embeddings_dim {f.clip_embeddings_dim}')
     if self.vae.latent_channels * 2 != u.in_channels or self.vae.latent_channels != u.out_channels:
       problems.append(f'vae.latent_channels {self.vae.latent_channels} does not fit unet in/out channels '
                       f'{u.in_channels}/{u.out_channels}')
@@ -204,11 +203,11 @@ class Animator:
     cond = self._condition(params, request, aug_key)
     n = request.poses.shape[0]
     h, w = cond.pose_latents.shape[1:3]
-    latents = initial_latents(noise_key, n, min(self.sampler_config.tile_size, n),
+    latents = initial_latents(noise_key, n, self.sampler_config.tile_size,
                               (h, w, self.configs.vae.latent_channels), self.sampler_config.scheduler)
-    inputs = sampler.SamplerInputs(latents, cond.context, cond.image_latents, cond.added_time_ids,
+    inputs = sampler.SamplerInputs(cond.context, cond.image_latents, cond.added_time_ids,
                                    cond.pose_latents, jnp.asarray(request.face_boxes, jnp.int32),
                                    cond.reference_embedding)
-    latents, _ = self._denoise(params, inputs)
+    latents, _ = self._denoise(params, latents, inputs)
     _, frames = self._decode(params['vae'], latents)
     return np.asarray(frames)

@@ -1,11 +1,12 @@
 """The denoising loop as one compiled program (SPEC §4.2-4.5).
 
-`make_denoiser` returns a jitted `(params, inputs) -> (latents, trajectory)` that runs every step
-inside one `lax.scan`: per step, all tiles of both guidance branches go through the UNet as one
-batch (spread over the mesh's batch axes when there is a mesh), the tile predictions are blended,
-classifier-free guidance is applied per frame, x0 is refined by the HJB face correction inside the
-refine window (`lax.cond`, the window is data of the trace) and an Euler step is taken. A host
-callback reports progress per step; nothing is dispatched from Python per step.
+`make_denoiser` returns a jitted `(params, latents, inputs) -> (latents, trajectory)` that runs
+every step (`make_step`) inside one `lax.scan`: per step, all tiles of both guidance branches go
+through the UNet as one batch (spread over the mesh's batch axes when there is a mesh), the tile
+predictions are blended, classifier-free guidance is applied per frame, x0 is refined by the HJB
+face correction inside the refine window (`lax.cond`, the window is data of the trace) and an
+Euler step is taken. A host callback reports progress per step; nothing is dispatched from Python
+per step.
 """
 
 import dataclasses
@@ -59,9 +60,9 @@ class SamplerConfig:
 
 
 class SamplerInputs(NamedTuple):
-  """Everything a run depends on besides the parameters (all arrays; shapes fix the program).
+  """Everything a run depends on besides the parameters and the initial latents (all arrays;
+  shapes fix the program).
 
-  latents: `[N, h, w, 4]` initial latents (noise x init_noise_sigma, periodic over the tile).
   context: `[2, S, D]` UNet context of the unconditional and conditional branch.
   image_latents: `[h, w, 4]` reference latents of the conditional branch (unscaled VAE mean).
   added_time_ids: `[3]` (fps - 1, motion bucket, noise augmentation).
@@ -69,7 +70,6 @@ class SamplerInputs(NamedTuple):
   face_boxes: `[N, 4]` int32 inclusive face boxes (HJB; ignored without it).
   reference_embedding: `[E]` reference face embedding of the face embedder (HJB).
   """
-  latents: jax.Array
   context: jax.Array
   image_latents: jax.Array
   added_time_ids: jax.Array
@@ -116,19 +116,14 @@ def _in_row_chunks(fn: Callable[..., jax.Array], rows: tuple, chunk: int | None)
   return out.reshape((padded,) + out.shape[2:])[:n]
 
 
-def make_denoiser(networks: Networks, config: SamplerConfig,
-                  progress: Callable[[int], None] | None = None, trace: bool = False
-                  ) -> Callable[[Any, SamplerInputs], tuple[jax.Array, Trajectory | None]]:
-  """Builds the jitted denoising loop.
+def make_step(networks: Networks, config: SamplerConfig
+              ) -> Callable[[Any, SamplerInputs, jax.Array, jax.Array], tuple[jax.Array, Trajectory]]:
+  """One denoising step, unjitted: the body of `make_denoiser`'s scan.
 
-  Args:
-    networks: the per-network functions.
-    config: sampler settings (static: a change compiles a new program).
-    progress: called on the host with the step index after each step.
-    trace: also return the per-step `Trajectory` (for parity checks and debugging).
   Returns:
-    `denoise(params, inputs) -> (latents [N, h, w, 4], Trajectory or None)`, where params is a
-    dict with `unet`, and for HJB `vae` and `face_embedder`.
+    `step(params, inputs, x, i) -> (x_next, Trajectory of this step)` for latents x `[N, h, w, 4]`
+    at step index i (an int32 scalar), where params is a dict with `unet`, and for HJB `vae` and
+    `face_embedder`.
   """
   sigma_table = schedule.sigmas(config.num_steps, config.scheduler)
   sigmas = jnp.asarray(sigma_table)
@@ -171,19 +166,41 @@ def make_denoiser(networks: Networks, config: SamplerConfig,
     inside = (i >= cfg.start) & (i <= cfg.end)
     return jax.lax.cond(inside, lambda z: hjb.refine(z, lr, cfg.iterations, loss), lambda z: z, x0)
 
-  def denoise(params, inputs: SamplerInputs):
-    def step(x, i):
-      v = guided_velocity(params, inputs, x, i)
-      x0 = schedule.predict_x0(v, x, sigmas[i])
-      if config.hjb is not None:
-        x0 = refine(params, inputs, x0, i)
-      x_next = schedule.euler_step(x, x0, sigmas[i], sigmas[i + 1])
+  def step(params, inputs: SamplerInputs, x, i):
+    v = guided_velocity(params, inputs, x, i)
+    x0 = schedule.predict_x0(v, x, sigmas[i])
+    if config.hjb is not None:
+      x0 = refine(params, inputs, x0, i)
+    x_next = schedule.euler_step(x, x0, sigmas[i], sigmas[i + 1])
+    return x_next, Trajectory(v, x0, x_next)
+
+  return step
+
+
+def make_denoiser(networks: Networks, config: SamplerConfig,
+                  progress: Callable[[int], None] | None = None, trace: bool = False
+                  ) -> Callable[[Any, jax.Array, SamplerInputs], tuple[jax.Array, Trajectory | None]]:
+  """Builds the jitted denoising loop.
+
+  Args:
+    networks: the per-network functions.
+    config: sampler settings (static: a change compiles a new program).
+    progress: called on the host with the step index after each step.
+    trace: also return the per-step `Trajectory` (for parity checks and debugging).
+  Returns:
+    `denoise(params, latents, inputs) -> (latents [N, h, w, 4], Trajectory or None)`, where params
+    is a dict with `unet`, and for HJB `vae` and `face_embedder`. The initial latents `[N, h, w, 4]`
+    (noise x init_noise_sigma, periodic over the tile) are donated: their buffer holds the result.
+  """
+  step = make_step(networks, config)
+
+  def denoise(params, latents, inputs: SamplerInputs):
+    def body(x, i):
+      x_next, record = step(params, inputs, x, i)
       if progress is not None:
         jax.debug.callback(progress, i)
-      return x_next, (Trajectory(v, x0, x_next) if trace else None)
+      return x_next, (record if trace else None)
 
-    latents, trajectory = jax.lax.scan(step, inputs.latents.astype(jnp.float32),
-                                       jnp.arange(config.num_steps))
-    return latents, trajectory
+    return jax.lax.scan(body, latents.astype(jnp.float32), jnp.arange(config.num_steps))
 
-  return jax.jit(denoise)
+  return jax.jit(denoise, donate_argnums=1)

@@ -18,6 +18,10 @@ from tests.parity import reference
 pytestmark = [pytest.mark.parity, pytest.mark.heavy]
 
 CASES = reference.cases('pipeline')
+PLAIN_RUNS = [pytest.param(c, name, id=f'{c}-{name}') for c in CASES
+              for name, r in c.meta['runs'].items() if not r['refine_steps']]
+HJB_RUNS = [pytest.param(c, name, id=f'{c}-{name}') for c in CASES
+            for name, r in c.meta['runs'].items() if r['refine_steps']]
 LATENT_ATOL = 1e-2      # reference/README.md: pipeline latents and decoded frames to about 1e-2
 UINT8_LEVELS = 2
 
@@ -113,22 +117,19 @@ def _run(setup, run):
   latents = _initial_latents(case, run, cfg)
   networks = pipeline.make_networks(configs, remat=cfg.hjb is not None)
   denoise = sampler.make_denoiser(networks, cfg, trace=True)
-  inputs = sampler.SamplerInputs(latents, cond.context, cond.image_latents, cond.added_time_ids,
+  inputs = sampler.SamplerInputs(cond.context, cond.image_latents, cond.added_time_ids,
                                  cond.pose_latents, jnp.asarray(io['face_boxes'][:r['F']], jnp.int32),
                                  cond.reference_embedding)
-  final, trajectory = denoise(params, inputs)
+  final, trajectory = denoise(params, latents, inputs)
   decoded, frames = jax.jit(pipeline.decode_video, static_argnums=(1, 3))(
       params['vae'], configs.vae, final, cfg.decode_chunk_size)
   return prefix, final, trajectory, decoded, frames
 
 
-@pytest.mark.parametrize('run_index', [0, 1, 2])
-def test_runs_without_hjb(setup, run_index):
+@pytest.mark.parametrize('setup, run', PLAIN_RUNS, indirect=['setup'])
+def test_runs_without_hjb(setup, run):
+  prefix, final, trajectory, decoded, frames = _run(setup, run)
   case = setup[0]
-  plain = [name for name, r in case.meta['runs'].items() if not r['refine_steps']]
-  if run_index >= len(plain):
-    pytest.skip(f'{case} has {len(plain)} runs without HJB')
-  prefix, final, trajectory, decoded, frames = _run(setup, plain[run_index])
   io = case.io
   # The guided model output itself is not compared: at the last sigma (0.002) it enters x0 with
   # weight ~sigma, so rounding-level latent differences make it differ by ~1e-1 harmlessly.
@@ -142,13 +143,6 @@ def test_runs_without_hjb(setup, run_index):
                          name=f'{prefix}decoded')
   diff = np.abs(np.asarray(frames, np.int16) - io[prefix + 'frames_uint8'].astype(np.int16))
   assert diff.max() <= UINT8_LEVELS, f'{prefix}frames differ by up to {diff.max()} levels'
-
-
-def _hjb_run(case):
-  runs = [name for name, r in case.meta['runs'].items() if r['refine_steps']]
-  if not runs:
-    pytest.skip(f'{case} has no HJB run')
-  return runs[0]
 
 
 def _unrefined_x0(case, run, step, config):
@@ -165,11 +159,11 @@ def _unrefined_x0(case, run, step, config):
   return np.asarray(schedule.predict_x0(_video(io[prefix + 'step_model_output'][step]), x, sigma[step]))
 
 
-def test_hjb_face_correction_steps(setup):
+@pytest.mark.parametrize('setup, run', HJB_RUNS, indirect=['setup'])
+def test_hjb_face_correction_steps(setup, run):
   """Reference face, crops, embeddings and gradient at the first Adam step match tightly; each
   refine step's Adam iterations from the recorded x0 land on the recorded refined x0."""
   case, params, config, configs, _ = setup
-  run = _hjb_run(case)
   prefix = run.split('_')[0] + '_'
   io = case.io
   r = case.meta['runs'][run]
@@ -205,10 +199,10 @@ def test_hjb_face_correction_steps(setup):
     assert err.mean() <= 1e-2 * lr, f'step {step}: mean refined x0 error {err.mean():.3g}'
 
 
-def test_hjb_run_stays_within_the_learning_rates(setup):
+@pytest.mark.parametrize('setup, run', HJB_RUNS, indirect=['setup'])
+def test_hjb_run_stays_within_the_learning_rates(setup, run):
   """After Adam, individual elements may differ by up to the summed learning rates."""
   case = setup[0]
-  run = _hjb_run(case)
   prefix, final, trajectory, decoded, frames = _run(setup, run)
   io = case.io
   lr_total = float(np.sum(io[prefix + 'hjb_adam_lr']))

@@ -72,3 +72,13 @@ def test_diffusers_folder_matches_release_file(case):
       np.testing.assert_array_equal(value, diffusers[name.replace('/id_to_', '/to_')], err_msg=name)
     else:
       np.testing.assert_array_equal(value, release[name], err_msg=name)
+
+
+def test_export_gives_back_the_release_file(case):
+  """Flax -> torch names and layouts: a fine-tuned UNet can be handed back to PyTorch users."""
+  c, params, _ = case
+  original = convert_unet.sd.load_state_dict(c.path / 'unet.pth')
+  exported = convert_unet.export_unet(params)
+  assert exported.keys() == original.keys()
+  for name, value in original.items():
+    np.testing.assert_array_equal(exported[name], value, err_msg=name)

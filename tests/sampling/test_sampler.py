@@ -34,10 +34,13 @@ def model():
   return configs, params
 
 
+def _latents(seed):
+  return 700.0 * np.random.default_rng(seed).standard_normal((N, H, W, 4), np.float32)
+
+
 def _inputs(seed, boxes):
-  rng = np.random.default_rng(seed)
+  rng = np.random.default_rng(seed + 100)
   return sampler.SamplerInputs(
-      latents=700.0 * rng.standard_normal((N, H, W, 4), np.float32),
       context=np.concatenate([np.zeros((1, 5, 32), np.float32),
                               rng.standard_normal((1, 5, 32), np.float32)]),
       image_latents=rng.standard_normal((H, W, 4), np.float32),
@@ -61,13 +64,15 @@ def test_one_program_for_the_whole_loop(model):
                                  hjb=sampler.HJBConfig(start=1, end=1, iterations=2))
   denoise = sampler.make_denoiser(sampler.Networks(counting_unet, networks.decode, networks.embed_faces),
                                   config, progress=steps.append)
-  first, _ = denoise(params, _inputs(0, [[0, 7, 0, 7]] * N))
+  latents = jnp.asarray(_latents(0))
+  first, _ = denoise(params, latents, _inputs(0, [[0, 7, 0, 7]] * N))
   jax.block_until_ready(first)
+  assert latents.is_deleted(), 'the initial latents are donated to the result'
   assert len(traces) == 1, 'the UNet must be traced once for all steps'
   assert sorted(steps) == [0, 1, 2], 'the progress callback reports every step from inside the program'
 
-  second, _ = denoise(params, _inputs(1, [[2, 9, 3, 12], [0, 15, 0, 15], [4, 5, 6, 7], [1, 8, 1, 8],
-                                          [0, 3, 0, 3]]))
+  other_boxes = [[2, 9, 3, 12], [0, 15, 0, 15], [4, 5, 6, 7], [1, 8, 1, 8], [0, 3, 0, 3]]
+  second, _ = denoise(params, jnp.asarray(_latents(1)), _inputs(1, other_boxes))
   jax.block_until_ready(second)
   assert len(traces) == 1 and denoise._cache_size() == 1, 'other inputs and boxes must not recompile'
   assert len(steps) == 6
@@ -83,14 +88,15 @@ def test_mesh_gives_the_same_frames(model):
   config = sampler.SamplerConfig(num_steps=2, tile_size=4, tile_overlap=2, decode_chunk_size=2)
   networks = pipeline.make_networks(configs)
   inputs = _inputs(2, np.zeros((N, 4)))
-  expected, _ = sampler.make_denoiser(networks, config)(params, inputs)
+  expected, _ = sampler.make_denoiser(networks, config)(params, _latents(2), inputs)
 
   mesh = sharding.make_mesh({sharding.DATA: 2, sharding.FSDP: 4}, jax.devices()[:8])
   shardings = {'unet': sharding.param_shardings(unet.abstract_params(configs.unet), mesh)}
   sharded = {'unet': jax.device_put(params['unet'], shardings['unet'])}
   replicated = NamedSharding(mesh, PartitionSpec())
   with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
-    got, _ = sampler.make_denoiser(networks, config)(sharded, jax.device_put(inputs, replicated))
+    got, _ = sampler.make_denoiser(networks, config)(sharded, jax.device_put(_latents(2), replicated),
+                                                     jax.device_put(inputs, replicated))
   # Sharded reductions sum in another order: float32 noise, grown a little by the two steps.
   np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=0,
                              atol=5e-5 * np.abs(expected).max())

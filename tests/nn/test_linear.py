@@ -1,0 +1,53 @@
+"""The shared convolution: lax's values and gradients, with the input gradient's kernel laid out canonically."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from sa_jax.nn import linear
+
+CASES = [  # (input shape, kernel shape, strides, padding, dimension numbers)
+    ((2, 9, 10, 5), (3, 3, 5, 7), (1, 1), ((1, 1), (1, 1)), ('NHWC', 'HWIO', 'NHWC')),
+    ((2, 9, 10, 5), (3, 3, 5, 7), (2, 1), ((1, 1), (1, 1)), ('NHWC', 'HWIO', 'NHWC')),
+    ((2, 9, 10, 5), (1, 1, 5, 7), (2, 2), ((0, 0), (0, 0)), ('NHWC', 'HWIO', 'NHWC')),
+    ((2, 9, 10, 5), (3, 3, 5, 7), (2, 2), ((0, 1), (0, 1)), ('NHWC', 'HWIO', 'NHWC')),
+    ((1, 6, 4, 4, 3), (3, 1, 1, 3, 2), (1, 1, 1), ((1, 1), (0, 0), (0, 0)), ('NDHWC', 'DHWIO', 'NDHWC')),
+]
+
+
+@pytest.mark.parametrize('x_shape, k_shape, strides, padding, numbers', CASES)
+def test_conv_matches_lax_in_value_and_gradients(x_shape, k_shape, strides, padding, numbers):
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal(x_shape), jnp.float32)
+  k = jnp.asarray(rng.standard_normal(k_shape), jnp.float32)
+  dn = lax.conv_dimension_numbers(x_shape, k_shape, numbers)
+  loss = lambda conv: lambda x, k: jnp.sum(jnp.sin(conv(x, k, strides, padding, dimension_numbers=dn)))
+  ours, theirs = loss(linear.conv_general_dilated), loss(lax.conv_general_dilated)
+  np.testing.assert_allclose(ours(x, k), theirs(x, k), rtol=1e-6)
+  for got, want in zip(jax.grad(ours, (0, 1))(x, k), jax.grad(theirs, (0, 1))(x, k)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(jax.grad(ours)(x, k), jax.grad(theirs)(x, k), rtol=1e-5, atol=1e-5)
+
+
+def test_input_gradient_uses_a_canonical_kernel_layout_inside_loops():
+  """The reason the custom rule exists: no `01oi` kernel in the loop body's backward convolution."""
+  x = jnp.ones((1, 8, 8, 4))
+  k = jnp.ones((3, 3, 4, 6))
+  grad = jax.grad(lambda x: jnp.sum(linear.conv_general_dilated(
+      x, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=('NHWC', 'HWIO', 'NHWC'))))
+  hlo = jax.jit(lambda x: lax.fori_loop(0, 2, lambda _, y: grad(y), x)).lower(x).compile().as_text()
+  labels = [line.split('dim_labels=')[1].split(',')[0] for line in hlo.splitlines()
+            if ' convolution(' in line]
+  assert labels and all('_01io->' in label for label in labels), labels
+
+
+def test_conv_refuses_what_it_does_not_implement():
+  x, k = jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 2, 2))
+  with pytest.raises(ValueError, match='feature_group_count 2'):
+    linear.conv_general_dilated(x, k, (1, 1), ((1, 1), (1, 1)), feature_group_count=2,
+                                dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  with pytest.raises(ValueError, match='rhs_dilation'):
+    linear.conv_general_dilated(x, k, (1, 1), ((1, 1), (1, 1)), rhs_dilation=(2, 2),
+                                dimension_numbers=('NHWC', 'HWIO', 'NHWC'))

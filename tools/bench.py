@@ -1,0 +1,342 @@
+r"""`python -m tools.bench`: timing and memory benchmarks, each against a baseline of the same run.
+
+  python -m tools.bench                                  # sampler, hjb, memory (demo size), unet, reference
+  python -m tools.bench sampler --steps 25 --hjb         # one-scan sampler vs a Python loop of steps
+  python -m tools.bench memory --full-size               # + the release config at 512x512, 16 frames
+  python -m tools.bench unet --unet-frames 8 --unet-size 32
+
+Every table gives wall times as the median of `--repeats` runs after one warm-up run, the compile
+time (trace + lower + XLA compile) apart, and a ratio to the table's baseline row measured in the
+same process; absolute times depend on the machine, only the ratios travel. docs/benchmarks.md
+describes each benchmark and the numbers measured on the development machine.
+"""
+
+import argparse
+import dataclasses
+import importlib.util
+import logging
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+
+from configs import svd_xt
+from sa_jax import animate
+from sa_jax.models import iresnet, random_init, unet, vae
+from sa_jax.sampling import hjb, pipeline, sampler
+from tools import setup_logging
+
+logger = logging.getLogger('bench')
+BENCHMARKS = ('sampler', 'hjb', 'memory', 'unet', 'reference')
+MIB = 2 ** 20
+REFERENCE_DIR = Path(__file__).resolve().parents[1] / 'tests' / 'reference'
+
+
+# ---------------------------------------------------------------------------------------- helpers
+
+def _table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]], notes: Sequence[str] = ()) -> None:
+  """Writes one aligned text table (the tool's output) to stdout."""
+  cells = [[str(c) for c in header]] + [[f'{c:.4g}' if isinstance(c, float) else str(c) for c in r] for r in rows]
+  widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+  lines = [f'\n## {title}', '  '.join(c.ljust(w) for c, w in zip(cells[0], widths)),
+           '  '.join('-' * w for w in widths)]
+  lines += ['  '.join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells[1:]]
+  lines += [f'  {n}' for n in notes]
+  sys.stdout.write('\n'.join(lines) + '\n')
+  sys.stdout.flush()
+
+
+def _compile(fn: Callable, *args) -> tuple[Any, float]:
+  """AOT-compiles the jitted `fn` for `args` (arrays or ShapeDtypeStructs): (compiled, seconds)."""
+  start = time.perf_counter()
+  compiled = fn.lower(*args).compile()
+  seconds = time.perf_counter() - start
+  logger.info('compiled in %.1f s', seconds)
+  return compiled, seconds
+
+
+def _run_time(run: Callable[[], Any], repeats: int) -> tuple[float, Any]:
+  """(median wall time of `run()` over `repeats` runs after one warm-up run, the warm-up's result)."""
+  result = jax.block_until_ready(run())
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(run())
+    times.append(time.perf_counter() - start)
+  logger.info('runs: %s s', ', '.join(f'{t:.3g}' for t in times))
+  return statistics.median(times), result
+
+
+def _ratio(value: float, baseline: float) -> str:
+  return f'{value / baseline:.3f}' if baseline else 'n/a'
+
+
+def _sample_size(args: argparse.Namespace) -> tuple[int, int, int]:
+  """(frames, height, width) in pixels: the flags, or the bundled sample's."""
+  frames = args.frames or len(list((animate.SAMPLE_DIR / 'poses').glob('*.png')))
+  with Image.open(animate.SAMPLE_DIR / 'reference.png') as image:
+    width, height = image.size
+  return frames, args.height or height, args.width or width
+
+
+def _sampler_config(frames: int, steps: int, with_hjb: bool) -> sampler.SamplerConfig:
+  """sa-animate's defaults, with the tile shrunk to the clip like `animate.load_request` does."""
+  tile = min(sampler.SamplerConfig.tile_size, frames)
+  return sampler.SamplerConfig(num_steps=steps, tile_size=tile,
+                               tile_overlap=min(sampler.SamplerConfig.tile_overlap, tile - 1),
+                               hjb=sampler.HJBConfig() if with_hjb else None)
+
+
+def _sampler_inputs(configs: pipeline.ModelConfigs, frames: int, height: int, width: int,
+                    abstract: bool = False) -> tuple[Any, sampler.SamplerInputs]:
+  """Seeded random (latents, inputs) of the right shapes (values do not change the timing), or their shapes."""
+  h, w = height // configs.vae.spatial_factor, width // configs.vae.spatial_factor
+  u = configs.unet
+  embedding = configs.face_embedder.num_features if configs.face_embedder else 1
+  latents = (frames, h, w, configs.vae.latent_channels)
+  shapes = sampler.SamplerInputs(
+      context=(2, u.num_face_tokens + 1, u.cross_attention_dim),
+      image_latents=(h, w, configs.vae.latent_channels), added_time_ids=(3,),
+      pose_latents=(frames, h, w, u.block_out_channels[0]), face_boxes=(frames, 4),
+      reference_embedding=(embedding,))
+  dtypes = sampler.SamplerInputs(*[jnp.float32] * 4, jnp.int32, jnp.float32)
+  if abstract:
+    return (jax.ShapeDtypeStruct(latents, jnp.float32),
+            sampler.SamplerInputs(*map(jax.ShapeDtypeStruct, shapes, dtypes)))
+  rng = np.random.default_rng(0)
+  arrays = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+  arrays[2] = np.array([6.0, 127.0, 0.02], np.float32)
+  arrays[4] = np.tile(np.array([height // 4, 3 * height // 4, width // 4, 3 * width // 4], np.int32), (frames, 1))
+  initial = 700.0 * rng.standard_normal(latents).astype(np.float32)     # noise x sigma_max
+  return jnp.asarray(initial), sampler.SamplerInputs(*map(jnp.asarray, arrays))
+
+
+# ------------------------------------------------------------------------------------- benchmarks
+
+def bench_sampler(args: argparse.Namespace) -> None:
+  """The one-`lax.scan` sampler vs a Python loop over a jitted single step (same step computation)."""
+  params, config = animate.demo_model()
+  configs = pipeline.ModelConfigs.from_dict(config['models'])
+  frames, height, width = _sample_size(args)
+  latents, inputs = _sampler_inputs(configs, frames, height, width)
+  for with_hjb in (False, True) if args.hjb else (False,):
+    sampler_config = _sampler_config(frames, args.steps, with_hjb)
+    networks = pipeline.make_networks(configs, remat=with_hjb)
+    used = jax.device_put({k: v for k, v in params.items() if k in ('unet', 'vae', 'face_embedder')
+                           and (with_hjb or k == 'unet')})
+    scan, scan_compile = _compile(sampler.make_denoiser(networks, sampler_config), used, latents, inputs)
+    step_fn = sampler.make_step(networks, sampler_config)
+    step, step_compile = _compile(jax.jit(lambda p, x, i: step_fn(p, inputs, x, i)[0]), used, latents,
+                                  jnp.int32(0))
+    indices = [jnp.int32(i) for i in range(args.steps)]               # on the device before timing
+
+    def loop():
+      x = latents
+      for i in indices:
+        x = step(used, x, i)
+      return x
+
+    loop_time, loop_latents = _run_time(loop, args.repeats)
+    # The scan consumes (donates) its initial latents: each run gets a fresh copy.
+    scan_time, (scan_latents, _) = _run_time(lambda: scan(used, jnp.copy(latents), inputs), args.repeats)
+    diff = float(jnp.max(jnp.abs(loop_latents - scan_latents)))
+    scale = float(jnp.max(jnp.abs(scan_latents)))
+    _table(f'sampler: demo model, {frames} frames at {height}x{width}, {args.steps} steps, '
+           f'HJB {"on" if with_hjb else "off"}',
+           ('variant', 'compile s', f'run s (median of {args.repeats})', 'ratio to loop'),
+           [('Python loop of a jitted step (baseline)', step_compile, loop_time, '1.000'),
+            ('one lax.scan (make_denoiser)', scan_compile, scan_time, _ratio(scan_time, loop_time))],
+           [f'loop/scan = {loop_time / scan_time:.3f}; compile: loop compiles one step, scan the whole loop',
+            f'final latents loop vs scan: max |diff| {diff:.3g} (max |latents| {scale:.3g})'])
+
+
+def bench_hjb(args: argparse.Namespace) -> None:
+  """The HJB face-loss gradient alone (baseline) vs inside a one-iteration loop, as the sampler runs it."""
+  params, config = animate.demo_model()
+  configs = pipeline.ModelConfigs.from_dict(config['models'])
+  frames, height, width = _sample_size(args)
+  latents, inputs = _sampler_inputs(configs, frames, height, width)
+  z0 = latents / 700.0
+  networks = pipeline.make_networks(configs, remat=True)
+  used = jax.device_put({k: params[k] for k in ('vae', 'face_embedder')})
+  chunk = sampler.SamplerConfig.decode_chunk_size
+  grad = jax.grad(lambda p, z: hjb.face_loss(
+      z, inputs.face_boxes, inputs.reference_embedding, lambda lat: networks.decode(p['vae'], lat, chunk),
+      lambda faces: networks.embed_faces(p['face_embedder'], faces))[0], argnums=1)
+  variants = [('gradient (baseline)', grad),
+              ('gradient inside a 1-iteration lax.fori_loop', lambda p, z: jax.lax.fori_loop(
+                  0, 1, lambda _, y: grad(p, y), z))]
+  rows, base = [], None
+  for label, fn in variants:
+    compiled, seconds = _compile(jax.jit(fn), used, z0)
+    run, _ = _run_time(lambda: compiled(used, z0), args.repeats)
+    base = base or run
+    rows.append((label, seconds, run, _ratio(run, base)))
+  _table(f'hjb: face-loss gradient of the demo model, {frames} frames at {height}x{width}',
+         ('variant', 'compile s', f'run s (median of {args.repeats})', 'ratio to gradient'), rows,
+         ['a loop body must cost what the same gradient costs outside it (sa_jax.nn.linear.conv_general_dilated '
+          'keeps the input-gradient convolutions in the fast layout)'])
+
+
+def _memory_row(label: str, networks: sampler.Networks, config: sampler.SamplerConfig, params: Any,
+                latents: Any, inputs: sampler.SamplerInputs) -> tuple:
+  """(label, temp, argument, output, code MiB, compile s, temp bytes) of the compiled sampler."""
+  compiled, seconds = _compile(sampler.make_denoiser(networks, config), params, latents, inputs)
+  stats = compiled.memory_analysis()
+  fields = ('temp_size_in_bytes', 'argument_size_in_bytes', 'output_size_in_bytes',
+            'generated_code_size_in_bytes')
+  values = [getattr(stats, f, None) if stats is not None else None for f in fields]
+  return (label, *['n/a' if v is None else f'{v / MIB:,.2f}' for v in values], seconds, values[0])
+
+
+def bench_memory(args: argparse.Namespace) -> None:
+  """Compiled sampler memory (XLA's estimate) with HJB off/on and remat off/on, from shapes only."""
+  sizes = [('demo (tiny config)', svd_xt.get_config('tiny'), *_sample_size(args), args.steps)]
+  if args.full_size:
+    sizes.append(('release config', svd_xt.get_config(), 16, 512, 512, 25))
+  abstract = {'unet': unet.abstract_params, 'vae': vae.abstract_params, 'face_embedder': iresnet.abstract_params}
+  variants = [('remat off', False, None, None), ('remat on', True, None, None)]
+  if args.query_chunk_size or args.unet_batch_size:
+    extra = [f'query chunk {args.query_chunk_size}'] * bool(args.query_chunk_size) + \
+        [f'UNet rows/call {args.unet_batch_size}'] * bool(args.unet_batch_size)
+    variants.append((', '.join(['remat on'] + extra), True, args.query_chunk_size, args.unet_batch_size))
+  for name, sections, frames, height, width, steps in sizes:
+    configs = pipeline.ModelConfigs.from_dict(sections.to_dict())
+    latents, inputs = _sampler_inputs(configs, frames, height, width, abstract=True)
+    rows = []
+    for with_hjb in (False, True):
+      params = {k: nn.unbox(fn(getattr(configs, k))) for k, fn in abstract.items() if with_hjb or k == 'unet'}
+      base = None
+      for label, remat, chunk, rows_per_call in variants:
+        config = dataclasses.replace(_sampler_config(frames, steps, with_hjb), unet_batch_size=rows_per_call)
+        networks = pipeline.make_networks(configs, remat=remat, query_chunk_size=chunk)
+        row = _memory_row(f'HJB {"on " if with_hjb else "off"}, {label}', networks, config, params, latents, inputs)
+        base = row[-1] if base is None else base
+        rows.append(row[:-1] + (_ratio(row[-1], base) if row[-1] is not None and base else 'n/a',))
+    _table(f'memory: sampler, {name}, {frames} frames at {height}x{width}, {steps} steps, float32',
+           ('variant', 'temp MiB', 'argument MiB', 'output MiB', 'code MiB', 'compile s', 'temp / remat off'),
+           rows, ['compiled.memory_analysis() of the CPU backend: an XLA estimate, not a measured peak; '
+                  'n/a where the backend reports nothing'])
+
+
+def _unet_call(config: unet.UNetConfig, dtype: Any, query_chunk_size: int | None) -> Callable:
+  model = unet.UNet(config, query_chunk_size=query_chunk_size, dtype=dtype, param_dtype=dtype)
+  return jax.jit(lambda p, *x: model.apply({'params': p}, *x))
+
+
+def _unet_inputs(config: unet.UNetConfig, batch: int, frames: int, size: int, dtype: Any) -> tuple:
+  rng = np.random.default_rng(0)
+  draw = lambda *shape: jnp.asarray(rng.standard_normal(shape), dtype)
+  return (draw(batch, frames, size, size, config.in_channels), jnp.asarray(-0.25, dtype),
+          draw(batch, config.num_face_tokens + 1, config.cross_attention_dim),
+          jnp.tile(jnp.asarray([[6.0, 127.0, 0.02]], dtype), (batch, 1)),
+          draw(batch, frames, size, size, config.block_out_channels[0]))
+
+
+def bench_unet(args: argparse.Namespace) -> None:
+  """UNet forward: float32 vs bfloat16 params and compute, and spatial query chunking vs none."""
+  config = unet.UNetConfig.from_dict(svd_xt.get_config('tiny').unet.to_dict())
+  params = random_init.random_params(unet.abstract_params(config), 0)
+  chunk = args.query_chunk_size or max(1, args.unet_size * args.unet_size // 4)
+  variants = [('float32 (baseline)', jnp.float32, None), ('bfloat16', jnp.bfloat16, None),
+              (f'float32, query_chunk_size {chunk}', jnp.float32, chunk)]
+  rows, base = [], None
+  for label, dtype, chunk_size in variants:
+    p = jax.device_put(jax.tree.map(lambda x: jnp.asarray(x, dtype), params))
+    x = _unet_inputs(config, args.batch, args.unet_frames, args.unet_size, dtype)
+    fn, seconds = _compile(_unet_call(config, dtype, chunk_size), p, *x)
+    run, _ = _run_time(lambda: fn(p, *x), args.repeats)
+    base = base or run
+    rows.append((label, seconds, run, _ratio(run, base)))
+  _table(f'unet: tiny config forward, batch {args.batch}, {args.unet_frames} frames, '
+         f'{args.unet_size}x{args.unet_size} latents',
+         ('variant', 'compile s', f'run s (median of {args.repeats})', 'ratio to float32'), rows,
+         [f'{jax.devices()[0].platform.upper()}: bfloat16 speed depends on native support in the backend'])
+
+
+def bench_reference(args: argparse.Namespace) -> None:
+  """The PyTorch (diffusers) SVD UNet on the golden tiny weights as the baseline of our float32 UNet."""
+  missing = [m for m in ('torch', 'diffusers') if importlib.util.find_spec(m) is None]
+  if missing:
+    _table('reference: PyTorch UNet', ('status',), [(f'skipped: {", ".join(missing)} not importable '
+                                                     "(pip install -c constraints.txt -e '.[bench]')",)])
+    return
+  import torch
+  from diffusers import UNetSpatioTemporalConditionModel
+
+  from convert import state_dict
+  from convert import unet as convert_unet
+  found = [p.parent for p in sorted(Path(args.reference_dir).glob('*/case.json'))
+           if state_dict.read_json(p, 'a reference case').get('case') == 'unet']
+  if not found:
+    raise FileNotFoundError(f'no UNet case (case.json "case": "unet") under {args.reference_dir}')
+  case = found[0]
+  config = convert_unet.read_config(case / 'unet')
+  params = jax.device_put(convert_unet.load_unet(case / 'unet.pth', config))
+  torch_unet = UNetSpatioTemporalConditionModel.from_config(
+      state_dict.read_json(case / 'unet' / 'config.json', 'the UNet config')).eval()
+  weights = state_dict.load_state_dict(state_dict.find_weights(case / 'unet', 'diffusion_pytorch_model'))
+  torch_unet.load_state_dict({k: torch.from_numpy(v.astype(np.float32)) for k, v in weights.items()})
+  x = _unet_inputs(config, args.batch, args.unet_frames, args.unet_size, jnp.float32)
+  fn, seconds = _compile(_unet_call(config, jnp.float32, None), params, *x[:4])
+  jax_time, _ = _run_time(lambda: fn(params, *x[:4]), args.repeats)
+  sample = np.array(x[0]).transpose(0, 1, 4, 2, 3)                 # [B, F, h, w, C] -> [B, F, C, h, w]
+  torch_args = [torch.from_numpy(np.array(a)) for a in (sample, x[1], x[2], x[3])]
+  with torch.inference_mode():
+    torch_time, _ = _run_time(lambda: torch_unet(*torch_args, return_dict=False)[0], args.repeats)
+  _table(f'reference: UNet forward on the golden tiny weights, batch {args.batch}, '
+         f'{args.unet_frames} frames, {args.unet_size}x{args.unet_size} latents, float32',
+         ('variant', 'compile s', f'run s (median of {args.repeats})', 'ratio to PyTorch'),
+         [(f'PyTorch {torch.__version__} diffusers UNet, {torch.get_num_threads()} threads (baseline)', 'n/a',
+           torch_time, '1.000'), ('sa-jax UNet, jitted', seconds, jax_time, _ratio(jax_time, torch_time))],
+         ['diffusers has no ID adapter: the sa-jax UNet also runs the face-token attention in every attn2'])
+
+
+# ------------------------------------------------------------------------------------------- main
+
+def _parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog='python -m tools.bench', description=__doc__.split('\n')[0].replace('`', ''),
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  p.add_argument('benchmarks', nargs='*', choices=BENCHMARKS, default=list(BENCHMARKS),
+                 help='which benchmarks to run (default: all)')
+  p.add_argument('--repeats', type=int, default=5, help='timed runs per variant (median reported)')
+  p.add_argument('--steps', type=int, default=25, help='sampler steps (sampler, memory)')
+  p.add_argument('--frames', type=int, help='frames (None: the bundled sample\'s)')
+  p.add_argument('--height', type=int, help='pixel height (None: the bundled sample\'s)')
+  p.add_argument('--width', type=int, help='pixel width (None: the bundled sample\'s)')
+  p.add_argument('--hjb', action='store_true', help='sampler: also time the HJB face correction')
+  p.add_argument('--full-size', action='store_true',
+                 help='memory: also compile the release config at 512x512, 16 frames (a few minutes)')
+  p.add_argument('--batch', type=int, default=2, help='unet/reference: batch (2 = both guidance branches)')
+  p.add_argument('--unet-frames', type=int, default=8, help='unet/reference: frames')
+  p.add_argument('--unet-size', type=int, default=32, help='unet/reference: latent height = width')
+  p.add_argument('--query-chunk-size', type=int,
+                 help='unet: query chunk (None: a quarter of the tokens); memory: adds a row with it')
+  p.add_argument('--unet-batch-size', type=int, help='memory: adds a row with this many UNet rows per call')
+  p.add_argument('--reference-dir', default=os.environ.get('SA_REFERENCE_DIR', str(REFERENCE_DIR)),
+                 help='reference: golden set whose first UNet case gives config and weights')
+  return p
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+  if args.repeats < 1:
+    raise ValueError(f'--repeats must be >= 1, got {args.repeats}')
+  setup_logging()
+  sys.stdout.write(f'# sa-jax benchmarks: jax {jax.__version__}, {jax.devices()[0].device_kind} '
+                   f'x{jax.device_count()}, {os.cpu_count()} host cores\n')
+  for name in dict.fromkeys(args.benchmarks):
+    globals()[f'bench_{name}'](args)
+
+
+if __name__ == '__main__':
+  main()
