@@ -208,6 +208,18 @@ def _dtype(name: str) -> Any:
   return {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}[name]
 
 
+def make_sampler_config(options: Options, scheduler: Mapping[str, Any]) -> sampler.SamplerConfig:
+  """The sampler settings of `options` (tile overlap kept below the tile size) and a scheduler config."""
+  hjb_config = None
+  if options.hjb:
+    hjb_config = sampler.HJBConfig(options.hjb_start, options.hjb_end, options.hjb_iterations, options.hjb_eta)
+  return sampler.SamplerConfig(
+      num_steps=options.steps, min_guidance=options.min_guidance, max_guidance=options.max_guidance,
+      tile_size=options.tile_size, tile_overlap=min(options.tile_overlap, options.tile_size - 1),
+      decode_chunk_size=options.decode_chunk_size, hjb=hjb_config,
+      unet_batch_size=options.unet_batch_size, scheduler=schedule.ScheduleConfig.from_dict(scheduler))
+
+
 def animate(params: Mapping[str, Any], config: Mapping[str, Any], inputs: Inputs, options: Options,
             progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, Options]:
   """Runs the whole pipeline; returns `[N, H, W, 3]` uint8 frames and the resolved options."""
@@ -215,18 +227,10 @@ def animate(params: Mapping[str, Any], config: Mapping[str, Any], inputs: Inputs
   configs.check()
   check_params(params, configs)
   request, options = load_request(inputs, options, configs.face_encoder.id_embeddings_dim)
-  hjb_config = None
-  if options.hjb:
-    if 'face_embedder' not in params:
-      raise ValueError('the HJB face correction needs the face embedder: convert the release with '
-                       'sa-convert --face-embedder glintr100_torch.pth')
-    hjb_config = sampler.HJBConfig(options.hjb_start, options.hjb_end, options.hjb_iterations, options.hjb_eta)
-  sampler_config = sampler.SamplerConfig(
-      num_steps=options.steps, min_guidance=options.min_guidance, max_guidance=options.max_guidance,
-      tile_size=options.tile_size, tile_overlap=min(options.tile_overlap, options.tile_size - 1),
-      decode_chunk_size=options.decode_chunk_size, hjb=hjb_config,
-      unet_batch_size=options.unet_batch_size,
-      scheduler=schedule.ScheduleConfig.from_dict(config.get('scheduler', {})))
+  if options.hjb and 'face_embedder' not in params:
+    raise ValueError('the HJB face correction needs the face embedder: convert the release with '
+                     'sa-convert --face-embedder glintr100_torch.pth')
+  sampler_config = make_sampler_config(options, config.get('scheduler', {}))
   conditioning = pipeline.ConditioningConfig(
       fps=options.fps, motion_bucket_id=options.motion_bucket_id,
       noise_aug_strength=options.noise_aug_strength,

@@ -90,10 +90,9 @@ def _sample_size(args: argparse.Namespace) -> tuple[int, int, int]:
 
 def _sampler_config(frames: int, steps: int, with_hjb: bool) -> sampler.SamplerConfig:
   """sa-animate's defaults, with the tile shrunk to the clip like `animate.load_request` does."""
-  tile = min(sampler.SamplerConfig.tile_size, frames)
-  return sampler.SamplerConfig(num_steps=steps, tile_size=tile,
-                               tile_overlap=min(sampler.SamplerConfig.tile_overlap, tile - 1),
-                               hjb=sampler.HJBConfig() if with_hjb else None)
+  options = animate.Options(steps=steps, hjb=with_hjb)
+  return animate.make_sampler_config(
+      dataclasses.replace(options, tile_size=min(options.tile_size, frames)), {})
 
 
 def _sampler_inputs(configs: pipeline.ModelConfigs, frames: int, height: int, width: int,
@@ -135,14 +134,13 @@ def bench_sampler(args: argparse.Namespace) -> None:
                            and (with_hjb or k == 'unet')})
     scan, scan_compile = _compile(sampler.make_denoiser(networks, sampler_config), used, latents, inputs)
     step_fn = sampler.make_step(networks, sampler_config)
-    step, step_compile = _compile(jax.jit(lambda p, x, i: step_fn(p, inputs, x, i)[0]), used, latents,
-                                  jnp.int32(0))
+    step, step_compile = _compile(jax.jit(lambda *a: step_fn(*a)[0]), used, inputs, latents, jnp.int32(0))
     indices = [jnp.int32(i) for i in range(args.steps)]               # on the device before timing
 
     def loop():
       x = latents
       for i in indices:
-        x = step(used, x, i)
+        x = step(used, inputs, x, i)
       return x
 
     loop_time, loop_latents = _run_time(loop, args.repeats)
