@@ -26,3 +26,9 @@ def load_face_embedder(path: str | os.PathLike, config: iresnet.IResNetConfig,
   """Reads an IResNet `.pth` state dict into an IResNet parameter tree of `dtype`, strictly."""
   expected = nn.unbox(iresnet.abstract_params(config))
   return sd_lib.convert(sd_lib.load_state_dict(path), expected, KEYMAP, dtype, source=os.fspath(path))
+
+
+def export_face_embedder(params: Any, dtype: Any = np.float32) -> dict[str, np.ndarray]:
+  """IResNet parameters -> torch state dict (names and layout of `glintr100_torch.pth`, without the
+  `num_batches_tracked` counters, which inference never reads)."""
+  return sd_lib.export(params, KEYMAP, dtype)

@@ -17,7 +17,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -28,12 +28,37 @@ from convert import pose_net as convert_pose_net
 from convert import state_dict as sd
 from convert import unet as convert_unet
 from convert import vae as convert_vae
-from sa_jax.models import face_encoder, iresnet, pose_net
-from sa_jax.sampling import schedule
+from sa_jax import diffusion
+from sa_jax.checkpoint import CheckpointConfig
+from sa_jax.models.stable_animator import BY_NAME, ModelConfigs
 
 logger = logging.getLogger(__name__)
 
 FACE_HEAD_DIM = 64  # FusionFaceId's perceiver head width (its constructor default; not in the weights)
+
+
+class Converter(NamedTuple):
+  """How one network's release weights are read and written back.
+
+  load: `(path, config, dtype) -> params` (strict: every tensor checked).
+  export: `(params, dtype) -> state dict` with the release's names and layouts.
+  """
+  load: Callable[..., dict[str, Any]]
+  export: Callable[..., dict[str, np.ndarray]]
+
+
+CONVERTERS: Mapping[str, Converter] = {
+    'unet': Converter(convert_unet.load_unet, convert_unet.export_unet),
+    'vae': Converter(convert_vae.load_vae, convert_vae.export_vae),
+    'image_encoder': Converter(lambda path, config, dtype: convert_clip.load_image_encoder(path, config, dtype),
+                               convert_clip.export_image_encoder),
+    'pose_net': Converter(convert_pose_net.load_pose_net, convert_pose_net.export_pose_net),
+    'face_encoder': Converter(convert_face_encoder.load_face_encoder, convert_face_encoder.export_face_encoder),
+    'face_embedder': Converter(convert_iresnet.load_face_embedder, convert_iresnet.export_face_embedder),
+}
+if set(CONVERTERS) != set(BY_NAME):
+  raise ImportError(f'convert.release.CONVERTERS {sorted(CONVERTERS)} must cover the networks of '
+                    f'sa_jax.models.stable_animator.NETWORKS {sorted(BY_NAME)}')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,8 +150,28 @@ def face_embedder_config(tensors: Mapping[str, np.ndarray]) -> dict[str, Any]:
   return dict(layers=layers, num_features=int(tensors['fc.weight'].shape[0]))
 
 
+def _sections(paths: ReleasePaths) -> dict[str, dict[str, Any]]:
+  """Each network's config section: from the diffusers/transformers JSON, or read off the weights."""
+  sections = dict(unet=dict(sd.read_json(paths.unet_config / 'config.json', 'UNet config'), num_face_tokens=4),
+                  vae=sd.read_json(paths.vae / 'config.json', 'VAE config'),
+                  image_encoder=sd.read_json(paths.image_encoder / 'config.json', 'image encoder config'))
+  tensors = sd.load_state_dict(paths.pose_net)
+  _require(tensors, ('final_proj.weight',), paths.pose_net, 'PoseNet')
+  sections['pose_net'] = pose_net_config(tensors)
+  tensors = sd.load_state_dict(paths.face_encoder)
+  _require(tensors, ('norm.weight', 'proj.0.weight', 'proj.2.weight', 'fusion_model.proj_in.weight',
+                     'fusion_model.layers.0.0.to_q.weight', 'fusion_model.layers.0.1.1.weight'),
+           paths.face_encoder, 'FusionFaceId')
+  sections['face_encoder'] = face_encoder_config(tensors)
+  if paths.face_embedder is not None:
+    tensors = sd.load_state_dict(paths.face_embedder)
+    _require(tensors, ('fc.weight', 'layer1.0.conv1.weight'), paths.face_embedder, 'IResNet')
+    sections['face_embedder'] = face_embedder_config(tensors)
+  return sections
+
+
 def convert_release(paths: ReleasePaths, dtype: Any = np.float32,
-                    progress: Callable[[str], None] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+                    progress: Callable[[str], None] | None = None) -> tuple[dict[str, Any], CheckpointConfig]:
   """Reads and converts every network of the release, strictly.
 
   Args:
@@ -137,53 +182,18 @@ def convert_release(paths: ReleasePaths, dtype: Any = np.float32,
     `(params, config)` ready for `sa_jax.checkpoint.save`.
   """
   paths.check()
-  report = progress or (lambda name: None)
+  models = ModelConfigs.from_dict(_sections(paths))
+  files = dict(unet=paths.unet, vae=paths.vae, image_encoder=paths.image_encoder, pose_net=paths.pose_net,
+               face_encoder=paths.face_encoder, face_embedder=paths.face_embedder)
   params: dict[str, Any] = {}
-  models: dict[str, Any] = {}
-
-  unet_section = dict(sd.read_json(paths.unet_config / 'config.json', 'UNet config'), num_face_tokens=4)
-  unet_config = convert_unet.unet.UNetConfig.from_dict(unet_section)
-  params['unet'] = convert_unet.load_unet(paths.unet, unet_config, dtype)
-  models['unet'] = unet_section
-  report('unet')
-
-  models['vae'] = sd.read_json(paths.vae / 'config.json', 'VAE config')
-  params['vae'] = convert_vae.load_vae(paths.vae, convert_vae.read_config(paths.vae), dtype)
-  report('vae')
-
-  models['image_encoder'] = sd.read_json(paths.image_encoder / 'config.json', 'image encoder config')
-  params['image_encoder'] = convert_clip.load_image_encoder(paths.image_encoder, dtype=dtype)
-  report('image_encoder')
-
-  tensors = sd.load_state_dict(paths.pose_net)
-  _require(tensors, ('final_proj.weight',), paths.pose_net, 'PoseNet')
-  models['pose_net'] = pose_net_config(tensors)
-  params['pose_net'] = convert_pose_net.load_pose_net(
-      paths.pose_net, pose_net.PoseNetConfig.from_dict(models['pose_net']), dtype)
-  report('pose_net')
-
-  tensors = sd.load_state_dict(paths.face_encoder)
-  _require(tensors, ('norm.weight', 'proj.0.weight', 'proj.2.weight', 'fusion_model.proj_in.weight',
-                     'fusion_model.layers.0.0.to_q.weight', 'fusion_model.layers.0.1.1.weight'),
-           paths.face_encoder, 'FusionFaceId')
-  models['face_encoder'] = face_encoder_config(tensors)
-  params['face_encoder'] = convert_face_encoder.load_face_encoder(
-      paths.face_encoder, face_encoder.FaceEncoderConfig.from_dict(models['face_encoder']), dtype)
-  report('face_encoder')
-
-  if paths.face_embedder is not None:
-    tensors = sd.load_state_dict(paths.face_embedder)
-    _require(tensors, ('fc.weight', 'layer1.0.conv1.weight'), paths.face_embedder, 'IResNet')
-    models['face_embedder'] = face_embedder_config(tensors)
-    params['face_embedder'] = convert_iresnet.load_face_embedder(
-        paths.face_embedder, iresnet.IResNetConfig.from_dict(models['face_embedder']), dtype)
-    report('face_embedder')
-
+  for name in models.names:
+    params[name] = CONVERTERS[name].load(files[name], getattr(models, name), dtype)
+    (progress or (lambda _: None))(name)
   scheduler = ({} if paths.scheduler is None
                else sd.read_json(paths.scheduler / 'scheduler_config.json', 'scheduler config'))
-  schedule.ScheduleConfig.from_dict(scheduler)
   mean, std = convert_clip.read_normalization(paths.feature_extractor)
-  config = dict(models=models, scheduler=scheduler, image_mean=list(mean), image_std=list(std),
-                dtype=np.dtype(dtype).name,
-                source={k: str(v) for k, v in dataclasses.asdict(paths).items() if v is not None})
+  config = CheckpointConfig(
+      models=models, scheduler=diffusion.ScheduleConfig.from_dict(scheduler), image_mean=tuple(mean),
+      image_std=tuple(std), dtype=np.dtype(dtype).name,
+      source={k: str(v) for k, v in dataclasses.asdict(paths).items() if v is not None})
   return params, config

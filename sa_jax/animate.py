@@ -1,18 +1,22 @@
-"""`sa-animate`: read a reference photo, poses and masks, animate them, write MP4, GIF and PNGs.
+"""`sa-animate`: read reference photos, poses and masks, animate them B at a time, write MP4, GIF and PNGs.
 
 The input folder layout is the one `sa-prep` writes (`reference.png`, `poses/`, `faces/`,
-`reference_face_mask.png`, `face_embedding.npy`); each part can also be given on its own.
-Everything is validated before any compilation starts, and outputs are written next to their
-final names and renamed into place at the end: a failed run leaves nothing half-written.
+`reference_face_mask.png`, `face_embedding.npy`); each part can also be given on its own. Run
+settings are the ConfigDict of `configs/animate.py`. Every case is read and validated before
+anything compiles; cases of one size run together in one compiled program (`batch_size` videos
+per call, spread over the mesh's batch axes), and a case that fails is reported by its path while
+the others go on. Outputs are written next to their final names and renamed into place at the
+end: a failed run leaves nothing half-written.
 """
 
 import dataclasses
+import functools
 import logging
 import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,26 +26,28 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
+from jax.sharding import Mesh
 from PIL import Image
 
-from sa_jax import checkpoint
-from sa_jax.models import clip, face_encoder, iresnet, pose_net, random_init, unet, vae
+from sa_jax import checkpoint, sharding
+from sa_jax.checkpoint import CheckpointConfig
+from sa_jax.models import random_init, stable_animator
+from sa_jax.models.stable_animator import ModelConfigs
 from sa_jax.prep import frames as frame_io
-from sa_jax.sampling import hjb, pipeline, sampler, schedule
+from sa_jax.sampling import hjb, pipeline, sampler
 
 logger = logging.getLogger(__name__)
 
 SAMPLE_DIR = Path(__file__).resolve().parent / 'assets' / 'sample'
 RESOLUTION_MULTIPLE = 64
 DEMO_SEED = 0
-ABSTRACT_PARAMS = {'unet': unet.abstract_params, 'vae': vae.abstract_params,
-                   'image_encoder': clip.abstract_params, 'pose_net': pose_net.abstract_params,
-                   'face_encoder': face_encoder.abstract_params, 'face_embedder': iresnet.abstract_params}
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+CASE_MARKER = 'reference.png'
 
 
 @dataclasses.dataclass(frozen=True)
 class Inputs:
-  """Input files. `folder` (an sa-prep output) supplies whatever is not given explicitly."""
+  """Input files of one case. `folder` (an sa-prep output) supplies whatever is not given explicitly."""
   folder: Path | None = None
   reference: Path | None = None
   poses: Path | None = None
@@ -59,38 +65,36 @@ class Inputs:
     pick = lambda given, name: given if given is not None else (
         folder / name if (folder / name).exists() else None)
     return dataclasses.replace(
-        self, reference=pick(self.reference, 'reference.png'), poses=pick(self.poses, 'poses'),
+        self, reference=pick(self.reference, CASE_MARKER), poses=pick(self.poses, 'poses'),
         face_masks=pick(self.face_masks, 'faces'),
         reference_face_mask=pick(self.reference_face_mask, 'reference_face_mask.png'),
         face_embedding=pick(self.face_embedding, 'face_embedding.npy'))
 
+  @property
+  def name(self) -> str:
+    """The case's name: its folder's, else its reference photo's stem."""
+    source = self.folder if self.folder is not None else self.reference
+    return Path(source).resolve().name if self.folder is not None else Path(source).stem
 
-@dataclasses.dataclass(frozen=True)
-class Options:
-  """Generation settings (defaults: the release scripts, SPEC §4.6).
 
-  `width`/`height` of None take the reference photo's size. `hjb` turns the face correction on.
-  """
-  width: int | None = 512
-  height: int | None = 512
-  steps: int = 25
-  min_guidance: float = 3.0
-  max_guidance: float = 3.0
-  tile_size: int = 16
-  tile_overlap: int = 4
-  fps: int = 7
-  motion_bucket_id: float = 127.0
-  noise_aug_strength: float = 0.02
-  decode_chunk_size: int = 4
-  seed: int = 23123134
-  hjb: bool = False
-  hjb_start: int = 0
-  hjb_end: int = 20
-  hjb_iterations: int = 3
-  hjb_eta: float = 0.1
-  unet_batch_size: int | None = None
-  query_chunk_size: int | None = None
-  dtype: str = 'float32'
+def find_cases(paths: Sequence[str | os.PathLike]) -> list[Path]:
+  """Case folders: each path is a case (it holds `reference.png`) or a folder of case folders."""
+  cases = []
+  for path in map(Path, paths):
+    if (path / CASE_MARKER).is_file():
+      cases.append(path)
+      continue
+    if not path.is_dir():
+      raise FileNotFoundError(f'input folder not found: {path}')
+    inner = sorted(p for p in path.iterdir() if (p / CASE_MARKER).is_file())
+    if not inner:
+      raise ValueError(f'{path} is neither a case folder (with {CASE_MARKER}) nor a folder of case folders')
+    cases.extend(inner)
+  names = [c.resolve().name for c in cases]
+  repeated = sorted({n for n in names if names.count(n) > 1})
+  if repeated:
+    raise ValueError(f'case folders share names {repeated}: their outputs would collide')
+  return cases
 
 
 def _read_mask(path: Path) -> np.ndarray:
@@ -130,31 +134,38 @@ def _face_embedding(inputs: Inputs, reference: np.ndarray, dim: int) -> np.ndarr
                    '--insightface-root DIR (antelopev2 models)')
 
 
-def load_request(inputs: Inputs, options: Options, embedding_dim: int) -> tuple[pipeline.Request, Options]:
-  """Reads and checks every input file; returns the request and the options with the size resolved."""
+def load_request(inputs: Inputs, run: Any, embedding_dim: int) -> pipeline.Request:
+  """Reads and checks one case's files for the run settings `run` (`configs/animate.py`).
+
+  Returns a single-video request (no batch axis) at the generation size: `run.io.width` x
+  `run.io.height`, 0 taking the reference photo's size; the first `run.io.num_frames` poses (0: all).
+  """
   inputs = inputs.resolved()
   if inputs.reference is None or inputs.poses is None:
     raise ValueError('need a reference image and a pose folder (--reference and --poses, or --input)')
   reference = frame_io.load_rgb(inputs.reference)
-  width = options.width or reference.shape[1]
-  height = options.height or reference.shape[0]
+  width = run.io.width or reference.shape[1]
+  height = run.io.height or reference.shape[0]
   if width % RESOLUTION_MULTIPLE or height % RESOLUTION_MULTIPLE:
     raise ValueError(f'resolution {width}x{height} is not a multiple of {RESOLUTION_MULTIPLE} '
                      '(the VAE and UNet halve it six times); e.g. 512x512 or 576x1024')
   pose_files = frame_io.list_images(inputs.poses)
+  if run.io.num_frames > len(pose_files):
+    raise ValueError(f'num_frames {run.io.num_frames} but {inputs.poses} holds {len(pose_files)} poses')
+  n = run.io.num_frames or len(pose_files)
+  pose_files = pose_files[:n]
   poses = np.stack([_resize(frame_io.load_rgb(p), width, height, Image.BICUBIC) for p in pose_files])
-  n = len(pose_files)
   boxes = np.zeros((n, 4), np.int32)
   reference_box = np.zeros((4,), np.int32)
-  if options.hjb:
+  if run.hjb.enabled:
     if inputs.face_masks is None or inputs.reference_face_mask is None:
       raise ValueError('the HJB face correction needs per-frame face masks (--face-masks) and the '
                        'reference face mask (--reference-face-mask)')
     mask_files = frame_io.list_images(inputs.face_masks)
-    if len(mask_files) != n:
+    if len(mask_files) < n or (not run.io.num_frames and len(mask_files) != n):
       raise ValueError(f'{len(mask_files)} face masks in {inputs.face_masks} but {n} poses in '
                        f'{inputs.poses}: need one mask per pose frame')
-    for i, path in enumerate(mask_files):
+    for i, path in enumerate(mask_files[:n]):
       mask = _read_mask(path)
       if mask.shape != (height, width):
         raise ValueError(f'face mask {path} is {mask.shape[1]}x{mask.shape[0]}; masks must be at the '
@@ -165,22 +176,18 @@ def load_request(inputs: Inputs, options: Options, embedding_dim: int) -> tuple[
       raise ValueError(f'reference face mask {inputs.reference_face_mask} is {mask.shape[1]}x{mask.shape[0]}, '
                        f'the reference image {reference.shape[1]}x{reference.shape[0]}: they must match')
     reference_box = hjb.face_box(mask, str(inputs.reference_face_mask))
-  tile = options.tile_size
-  if n < tile:
-    logger.info('%d pose frames < tile size %d: using one tile of %d frames', n, tile, n)
-    tile = n
-  request = pipeline.Request(
+  return pipeline.Request(
       reference=reference, reference_resized=_resize(reference, width, height, Image.LANCZOS),
       poses=poses, face_embedding=_face_embedding(inputs, reference, embedding_dim),
       face_boxes=boxes, reference_face_box=reference_box)
-  return request, dataclasses.replace(options, width=width, height=height, tile_size=tile)
 
 
-def check_params(params: Mapping[str, Any], configs: pipeline.ModelConfigs) -> None:
+def check_params(params: Mapping[str, Any], models: ModelConfigs) -> None:
   """Every network's parameter shapes fit its config; lists every mismatch."""
   problems = []
   for name, tree in params.items():
-    want = traverse_util.flatten_dict(nn.unbox(ABSTRACT_PARAMS[name](getattr(configs, name))), sep='/')
+    want = traverse_util.flatten_dict(nn.unbox(stable_animator.BY_NAME[name].abstract_params(
+        getattr(models, name))), sep='/')
     have = traverse_util.flatten_dict(tree, sep='/')
     for path in sorted(set(want) | set(have)):
       shape_w = tuple(want[path].shape) if path in want else None
@@ -192,66 +199,155 @@ def check_params(params: Mapping[str, Any], configs: pipeline.ModelConfigs) -> N
                      + '\n  '.join(problems[:50]))
 
 
-def demo_model() -> tuple[dict[str, Any], dict[str, Any]]:
+def demo_model() -> tuple[dict[str, Any], CheckpointConfig]:
   """The bundled demo model: the tiny config with seeded random weights (not a trained model)."""
   from configs import svd_xt
-  sections = svd_xt.get_config('tiny').to_dict()
-  configs = pipeline.ModelConfigs.from_dict(sections)
-  params = {name: random_init.random_params(ABSTRACT_PARAMS[name](getattr(configs, name)), DEMO_SEED + i)
-            for i, name in enumerate(ABSTRACT_PARAMS)}
-  config = dict(models=sections, scheduler={}, image_mean=list(clip.CLIP_MEAN),
-                image_std=list(clip.CLIP_STD), dtype='float32', source='demo: tiny config, random weights')
-  return params, config
+  models = ModelConfigs.from_dict(svd_xt.get_config('tiny').to_dict())
+  params = {name: random_init.random_params(stable_animator.BY_NAME[name].abstract_params(getattr(models, name)),
+                                            DEMO_SEED + i) for i, name in enumerate(models.names)}
+  return params, CheckpointConfig(models=models, scheduler=pipeline.diffusion.ScheduleConfig(),
+                                  source='demo: tiny config, random weights')
 
 
 def _dtype(name: str) -> Any:
-  return {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}[name]
+  if name not in DTYPES:
+    raise ValueError(f'dtype {name!r}: expected one of {sorted(DTYPES)}')
+  return DTYPES[name]
 
 
-def make_sampler_config(options: Options, scheduler: Mapping[str, Any]) -> sampler.SamplerConfig:
-  """The sampler settings of `options` (tile overlap kept below the tile size) and a scheduler config."""
-  hjb_config = None
-  if options.hjb:
-    hjb_config = sampler.HJBConfig(options.hjb_start, options.hjb_end, options.hjb_iterations, options.hjb_eta)
-  return sampler.SamplerConfig(
-      num_steps=options.steps, min_guidance=options.min_guidance, max_guidance=options.max_guidance,
-      tile_size=options.tile_size, tile_overlap=min(options.tile_overlap, options.tile_size - 1),
-      decode_chunk_size=options.decode_chunk_size, hjb=hjb_config,
-      unet_batch_size=options.unet_batch_size, scheduler=schedule.ScheduleConfig.from_dict(scheduler))
+@functools.lru_cache(maxsize=8)
+def make_animator(config: CheckpointConfig, sampler_config: sampler.SamplerConfig,
+                  conditioning: pipeline.ConditioningConfig, dtype: str, query_chunk_size: int | None,
+                  mesh: Mesh | None, rules: tuple[tuple[str, Any], ...], step_progress: bool
+                  ) -> pipeline.Animator:
+  """The animator of these settings, built once per process (its programs compile once per shape)."""
+  return pipeline.Animator(config, sampler_config, conditioning, _dtype(dtype), query_chunk_size, mesh, rules,
+                           step_progress=step_progress)
 
 
-def animate(params: Mapping[str, Any], config: Mapping[str, Any], inputs: Inputs, options: Options,
-            progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, Options]:
-  """Runs the whole pipeline; returns `[N, H, W, 3]` uint8 frames and the resolved options."""
-  configs = pipeline.ModelConfigs.from_dict(config['models'])
-  configs.check()
-  check_params(params, configs)
-  request, options = load_request(inputs, options, configs.face_encoder.id_embeddings_dim)
-  if options.hjb and 'face_embedder' not in params:
+def animator_for(config: CheckpointConfig, run: Any, num_frames: int, mesh: Mesh | None = None) -> pipeline.Animator:
+  """The (cached) animator of a run config for clips of `num_frames` frames.
+
+  Progress is reported per step from inside the sampler unless the persistent compilation cache
+  is on (JAX does not store programs with host callbacks); then once per batch.
+  """
+  sampler_config = sampler.SamplerConfig.from_config(run, config.scheduler, num_frames)
+  return make_animator(config, sampler_config, pipeline.ConditioningConfig.from_config(run), run.sampler.dtype,
+                       run.sampler.query_chunk_size, mesh, sharding.rules_from_config(run.mesh.rules),
+                       step_progress=not run.io.compile_cache)
+
+
+def make_mesh(run: Any) -> Mesh | None:
+  """The mesh of `run.mesh.shape` ('data=2,fsdp=4'), or None for one device ('')."""
+  if not run.mesh.shape:
+    return None
+  return sharding.make_mesh(sharding.parse_mesh_shape(run.mesh.shape))
+
+
+def enable_compile_cache(run: Any) -> Path | None:
+  """Turns on JAX's persistent compilation cache (`run.io.compile_cache`); returns its folder."""
+  if not run.io.compile_cache:
+    return None
+  folder = Path(run.io.compile_cache_dir or Path(os.environ.get('XDG_CACHE_HOME', Path.home() / '.cache'))
+                / 'sa-jax' / 'jax').expanduser()
+  folder.mkdir(parents=True, exist_ok=True)
+  jax.config.update('jax_compilation_cache_dir', str(folder))
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+  jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+  return folder
+
+
+def check_model(params: Mapping[str, Any], config: CheckpointConfig, run: Any) -> None:
+  """The parameters fit the config and hold what the run needs."""
+  check_params(params, config.models)
+  if run.hjb.enabled and 'face_embedder' not in params:
     raise ValueError('the HJB face correction needs the face embedder: convert the release with '
                      'sa-convert --face-embedder glintr100_torch.pth')
-  sampler_config = make_sampler_config(options, config.get('scheduler', {}))
-  conditioning = pipeline.ConditioningConfig(
-      fps=options.fps, motion_bucket_id=options.motion_bucket_id,
-      noise_aug_strength=options.noise_aug_strength,
-      image_mean=tuple(config.get('image_mean', clip.CLIP_MEAN)),
-      image_std=tuple(config.get('image_std', clip.CLIP_STD)))
-  dtype = _dtype(options.dtype)
-  params = jax.tree.map(lambda x: jnp.asarray(x, dtype), dict(params))
-  animator = pipeline.Animator(configs, sampler_config, conditioning, dtype, options.query_chunk_size, progress)
-  frames = animator.run(params, request, jax.random.key(options.seed))
-  return frames, options
+
+
+def _on_device(params: Mapping[str, Any], dtype: str, shardings: Mapping[str, Any] | None) -> dict[str, Any]:
+  cast = lambda tree: jax.tree.map(lambda x: jnp.asarray(x, _dtype(dtype)), tree)
+  if shardings is None:
+    return {n: cast(t) for n, t in params.items()}
+  return {n: jax.device_put(cast(t), shardings[n]) if n in shardings else t for n, t in params.items()}
+
+
+def animate(params: Mapping[str, Any], config: CheckpointConfig, inputs: Inputs, run: Any,
+            progress: Callable[[int], None] | None = None, noise: np.ndarray | None = None
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Animates one case: `(frames [F, H, W, 3] uint8, decoded [F, H, W, 3] float32, final latents
+  [F, h, w, 4])`; `noise` `[T, h, w, 4]` replaces the seed's initial noise."""
+  check_model(params, config, run)
+  request = load_request(inputs, run, config.models.face_encoder.id_embeddings_dim)
+  animator = animator_for(config, run, request.poses.shape[0])
+  frames, decoded, latents, _ = animator.run(
+      _on_device({n: params[n] for n in animator.needs}, run.sampler.dtype, None),
+      pipeline.Request.stack([request]), [run.io.seed], None if noise is None else np.asarray(noise)[None],
+      progress)
+  return frames[0], decoded[0], latents[0]
+
+
+def animate_cases(params: Mapping[str, Any], config: CheckpointConfig, cases: Sequence[Inputs], run: Any,
+                  mesh: Mesh | None = None, progress: Callable[[int], None] | None = None
+                  ) -> Iterator[tuple[int, np.ndarray | Exception]]:
+  """Animates many cases, `run.io.batch_size` of one size per compiled call.
+
+  Every case is read and checked first; a case that fails yields its exception (and the others
+  go on). Yields `(case index, frames [F, H, W, 3] uint8 or the exception)` as each batch finishes.
+  Params are placed on the mesh's shardings (when there is one) unless they already are.
+  """
+  check_model(params, config, run)
+  batch_size = run.io.batch_size
+  if batch_size < 1:
+    raise ValueError(f'batch_size must be >= 1, got {batch_size}')
+  requests: dict[int, pipeline.Request] = {}
+  for index, inputs in enumerate(cases):
+    try:
+      requests[index] = load_request(inputs, run, config.models.face_encoder.id_embeddings_dim)
+    except (OSError, ValueError) as err:
+      yield index, err
+  groups: dict[tuple, list[int]] = {}
+  for index, request in requests.items():
+    groups.setdefault(tuple(np.shape(x) for x in request), []).append(index)
+  on_device = None
+  for shape, indices in groups.items():
+    animator = animator_for(config, run, shape[2][0], mesh)
+    if on_device is None:
+      on_device = _on_device({n: params[n] for n in animator.needs}, run.sampler.dtype, animator.param_shardings())
+    for start in range(0, len(indices), batch_size):
+      chunk = indices[start:start + batch_size]
+      padded = chunk + [chunk[-1]] * (batch_size - len(chunk))        # one program for every batch
+      batch = pipeline.Request.stack([requests[i] for i in padded])
+      try:
+        frames = animator.run(on_device, batch, [run.io.seed] * batch_size, progress=progress).frames
+      except (ValueError, RuntimeError) as err:
+        for index in chunk:
+          yield index, err
+        continue
+      for row, index in enumerate(chunk):
+        yield index, frames[row]
+
+
+def output_targets(out: str | os.PathLike) -> list[Path]:
+  """What `write_outputs` writes for `OUT.mp4`: the video, `OUT.gif` and `OUT_frames/`."""
+  out = Path(out)
+  if out.suffix.lower() != '.mp4':
+    raise ValueError(f'--out must end in .mp4, got {out}')
+  return [out, out.with_suffix('.gif'), out.parent / f'{out.stem}_frames']
+
+
+def check_outputs(outs: Sequence[str | os.PathLike], overwrite: bool) -> None:
+  """Before any work: every output name is valid, and none exists unless `overwrite`."""
+  existing = [str(t) for out in outs for t in output_targets(out) if t.exists()]
+  if existing and not overwrite:
+    raise FileExistsError(f'outputs exist: {", ".join(existing)}; pass --overwrite to replace them')
 
 
 def write_outputs(frames: np.ndarray, out: str | os.PathLike, fps: int, overwrite: bool = False) -> list[Path]:
   """Writes `OUT.mp4` (H.264), `OUT.gif` and `OUT_frames/frame_<i>.png`, each renamed into place."""
   out = Path(out)
-  if out.suffix.lower() != '.mp4':
-    raise ValueError(f'--out must end in .mp4, got {out}')
-  targets = [out, out.with_suffix('.gif'), out.parent / f'{out.stem}_frames']
-  existing = [str(t) for t in targets if t.exists()]
-  if existing and not overwrite:
-    raise FileExistsError(f'outputs exist: {", ".join(existing)}; pass --overwrite to replace them')
+  targets = output_targets(out)
+  check_outputs([out], overwrite)
   out.parent.mkdir(parents=True, exist_ok=True)
   staging = Path(tempfile.mkdtemp(prefix=f'.{out.stem}.partial-', dir=out.parent))
   try:
@@ -282,13 +378,20 @@ def write_outputs(frames: np.ndarray, out: str | os.PathLike, fps: int, overwrit
   return targets
 
 
-def load_model(checkpoint_dir: str | os.PathLike | None, need_face_embedder: bool
-               ) -> tuple[dict[str, Any], dict[str, Any]]:
-  """A converted checkpoint, or the demo model when `checkpoint_dir` is None."""
+def load_model_for(checkpoint_dir: str | os.PathLike | None, run: Any, mesh: Mesh | None = None
+                   ) -> tuple[dict[str, Any], CheckpointConfig]:
+  """The parameters a run needs (the face embedder only for HJB), read once in the run's dtype and,
+  with a mesh, straight into their shardings; the demo model without `checkpoint_dir`."""
+  names = pipeline.NEEDS + (('face_embedder',) if run.hjb.enabled else ())
   if checkpoint_dir is None:
-    return demo_model()
+    params, config = demo_model()
+    return {n: params[n] for n in names}, config
   config = checkpoint.load_config(checkpoint_dir)
-  names = [n for n in config['models'] if n != 'face_embedder' or need_face_embedder]
-  params, config = checkpoint.load(checkpoint_dir, tuple(names))
-  return params, config
+  if run.hjb.enabled and config.models.face_embedder is None:
+    raise ValueError(f'the HJB face correction needs the face embedder, which {checkpoint_dir} lacks: convert '
+                     'the release with sa-convert --face-embedder glintr100_torch.pth')
+  shardings = None
+  if mesh is not None:
+    shardings = pipeline.param_shardings(config.models, names, mesh, sharding.rules_from_config(run.mesh.rules))
+  return checkpoint.load(checkpoint_dir, names, shardings, _dtype(run.sampler.dtype))
 

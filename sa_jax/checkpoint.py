@@ -1,24 +1,31 @@
-"""sa-jax checkpoints: one directory with the model configs and an orbax parameter tree.
+"""sa-jax checkpoints: one directory with the typed config and an orbax parameter tree.
 
-    DIR/config.json   {"models": {unet, vae, image_encoder, pose_net, face_encoder[, face_embedder]},
-                       "scheduler": {...}, "image_mean": [...], "image_std": [...], "dtype": ..., ...}
-    DIR/params/       orbax tree {"unet": ..., "vae": ..., ...} (same names as config["models"])
+    DIR/config.json   CheckpointConfig.to_json(): {"models": {<one section per network>},
+                      "scheduler": {...}, "image_mean": [...], "image_std": [...], "dtype": ..., "source": ...}
+    DIR/params/       orbax tree {"unet": ..., "vae": ..., ...} (the names of config["models"])
 
-Writes go to a temporary sibling directory that is renamed into place at the end, so a failed
-save never leaves a half-written checkpoint under the final name.
+`CheckpointConfig` is the one reader and writer of `config.json`. Writes go to a temporary
+sibling directory that is renamed into place at the end, so a failed save never leaves a
+half-written checkpoint under the final name. `load` reads only the networks asked for, straight
+into their shardings when given.
 """
 
+import dataclasses
 import json
 import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from sa_jax import diffusion
+from sa_jax.models import clip
+from sa_jax.models.stable_animator import ModelConfigs
 
 logger = logging.getLogger(__name__)
 
@@ -26,21 +33,64 @@ CONFIG = 'config.json'
 PARAMS = 'params'
 
 
-def save(directory: str | os.PathLike, params: Mapping[str, Any], config: Mapping[str, Any],
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+  """What a checkpoint's parameters mean.
+
+  Attributes:
+    models: the architecture of every network in the checkpoint.
+    scheduler: the sigma range of the sampler.
+    image_mean, image_std: CLIP normalisation (`feature_extractor/preprocessor_config.json`).
+    dtype: the stored parameter dtype.
+    source: where the parameters came from (informational; not part of equality).
+  """
+  models: ModelConfigs
+  scheduler: diffusion.ScheduleConfig
+  image_mean: tuple[float, ...] = clip.CLIP_MEAN
+  image_std: tuple[float, ...] = clip.CLIP_STD
+  dtype: str = 'float32'
+  source: Any = dataclasses.field(default=None, compare=False, hash=False)
+
+  @classmethod
+  def from_json(cls, data: Mapping[str, Any]) -> 'CheckpointConfig':
+    """From the `config.json` structure; unknown top-level keys are an error naming them.
+
+    `scheduler` may be a diffusers `scheduler_config.json` (its extra keys are read leniently).
+    """
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - fields)
+    if unknown:
+      raise ValueError(f'checkpoint config: unknown keys {unknown}; expected {sorted(fields)}')
+    if 'models' not in data:
+      raise ValueError('checkpoint config has no "models" section')
+    return cls(models=ModelConfigs.from_dict(data['models']),
+               scheduler=diffusion.ScheduleConfig.from_dict(data.get('scheduler', {})),
+               image_mean=tuple(float(v) for v in data.get('image_mean', clip.CLIP_MEAN)),
+               image_std=tuple(float(v) for v in data.get('image_std', clip.CLIP_STD)),
+               dtype=str(data.get('dtype', 'float32')), source=data.get('source'))
+
+  def to_json(self) -> dict[str, Any]:
+    """The `config.json` structure; `from_json` reads it back to an equal config."""
+    return dict(models=self.models.to_dict(), scheduler=dataclasses.asdict(self.scheduler),
+                image_mean=list(self.image_mean), image_std=list(self.image_std), dtype=self.dtype,
+                source=self.source)
+
+
+def save(directory: str | os.PathLike, params: Mapping[str, Any], config: CheckpointConfig,
          overwrite: bool = False) -> None:
-  """Writes `params` (a dict of network name -> param tree) and `config` to `directory`."""
+  """Writes `params` (network name -> param tree, one per network of `config.models`) and `config`."""
   directory = os.path.abspath(os.fspath(directory))
   if os.path.exists(directory) and not overwrite:
     raise FileExistsError(f'{directory} exists; pass overwrite=True (--overwrite) to replace it')
-  missing = set(config.get('models', {})) ^ set(params)
-  if missing:
-    raise ValueError(f'config["models"] and params must name the same networks; differ in {sorted(missing)}')
+  differ = set(config.models.names) ^ set(params)
+  if differ:
+    raise ValueError(f'config.models and params must name the same networks; differ in {sorted(differ)}')
   parent = os.path.dirname(directory)
   os.makedirs(parent, exist_ok=True)
   staging = tempfile.mkdtemp(prefix='.' + os.path.basename(directory) + '.', dir=parent)
   try:
     with open(os.path.join(staging, CONFIG), 'w') as f:
-      json.dump(config, f, indent=2, sort_keys=True)
+      json.dump(config.to_json(), f, indent=2, sort_keys=True)
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(os.path.join(staging, PARAMS), dict(params))
     checkpointer.wait_until_finished()
@@ -53,44 +103,55 @@ def save(directory: str | os.PathLike, params: Mapping[str, Any], config: Mappin
   logger.info('saved checkpoint %s', directory)
 
 
-def load_config(directory: str | os.PathLike) -> dict[str, Any]:
-  """The `config.json` of a checkpoint directory."""
+def load_config(directory: str | os.PathLike) -> CheckpointConfig:
+  """The config of a checkpoint directory."""
   path = os.path.join(os.fspath(directory), CONFIG)
   if not os.path.isfile(path):
     raise FileNotFoundError(f'{directory} is not an sa-jax checkpoint: no {CONFIG} '
                             '(make one with sa-convert)')
   with open(path) as f:
-    return json.load(f)
+    try:
+      data = json.load(f)
+    except json.JSONDecodeError as err:
+      raise ValueError(f'{path}: not valid JSON ({err})') from err
+  return CheckpointConfig.from_json(data)
 
 
-def load(directory: str | os.PathLike, networks: tuple[str, ...] | None = None,
-         shardings: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
-  """Reads `(params, config)`; `networks` restricts which param trees are read.
+def load(directory: str | os.PathLike, networks: Sequence[str] | None = None,
+         shardings: Mapping[str, Any] | None = None, dtype: Any = None
+         ) -> tuple[dict[str, Any], CheckpointConfig]:
+  """Reads `(params, config)`, only the param trees of `networks`.
 
   Args:
     directory: checkpoint directory.
-    networks: names to read (default: all in the checkpoint).
-    shardings: optional network name -> tree of `jax.sharding.Sharding` to place params on a mesh.
+    networks: names to read (default: all in the checkpoint); the others are not read from disk.
+    shardings: optional network name -> tree of `jax.sharding.Sharding`: those networks are
+      restored straight into their shardings (each host reads only its shards).
+    dtype: optional dtype to restore floating parameters as (default: as stored).
   """
   directory = os.path.abspath(os.fspath(directory))
   config = load_config(directory)
-  available = tuple(config['models'])
+  available = config.models.names
   networks = available if networks is None else tuple(networks)
   absent = [n for n in networks if n not in available]
   if absent:
     raise ValueError(f'checkpoint {directory} has no {absent}; it holds {list(available)}')
-  checkpointer = ocp.StandardCheckpointer()
   path = os.path.join(directory, PARAMS)
+  checkpointer = ocp.PyTreeCheckpointer()
   metadata = checkpointer.metadata(path).item_metadata
+
+  def leaf(meta, sharding=None):
+    cast = dtype if dtype is not None and np.issubdtype(meta.dtype, np.floating) else meta.dtype
+    return jax.ShapeDtypeStruct(meta.shape, cast, sharding=sharding)
+
   target = {}
-  for name in available:
+  for name in networks:
     shard = (shardings or {}).get(name)
-    def leaf(meta, sharding=None):
-      return jax.ShapeDtypeStruct(meta.shape, meta.dtype, sharding=sharding)
-    tree = metadata[name]
-    target[name] = (jax.tree.map(leaf, tree, shard) if shard is not None else jax.tree.map(leaf, tree))
-  restored = checkpointer.restore(path, target)
-  return {n: restored[n] for n in networks}, config
+    target[name] = jax.tree.map(leaf, metadata[name], shard) if shard is not None else jax.tree.map(
+        leaf, metadata[name])
+  restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
+      item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True))
+  return dict(restored), config
 
 
 def count_params(tree: Any) -> int:

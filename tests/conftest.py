@@ -1,6 +1,42 @@
-"""Test-session setup: 8 simulated CPU devices for the mesh tests (set before JAX starts)."""
+"""Test-session setup: 8 simulated CPU devices for the mesh tests (set before JAX starts), and the
+golden weights laid out as the release and converted once per session."""
 
 import os
+from pathlib import Path
+
+import pytest
+
+from tests.parity import reference
 
 os.environ['XLA_FLAGS'] = ' '.join(
     [os.environ.get('XLA_FLAGS', ''), '--xla_force_host_platform_device_count=8']).strip()
+
+
+@pytest.fixture(scope='session')
+def release_dir(tmp_path_factory):
+  """The golden reference weights laid out like the StableAnimator release `checkpoints/` folder."""
+  ref = reference.reference_dir()
+  root = tmp_path_factory.mktemp('release')
+  svd = root / 'SVD' / 'stable-video-diffusion-img2vid-xt'
+  animation = root / 'Animation'
+  svd.mkdir(parents=True)
+  animation.mkdir()
+  links = {svd / 'unet': ref / 'unet' / 'unet', svd / 'vae': ref / 'vae' / 'vae',
+           svd / 'image_encoder': ref / 'image_encoder' / 'image_encoder',
+           svd / 'feature_extractor': ref / 'image_encoder' / 'feature_extractor',
+           svd / 'scheduler': ref / 'scheduler' / 'scheduler',
+           animation / 'unet.pth': ref / 'unet' / 'unet.pth',
+           animation / 'pose_net.pth': ref / 'pose_net' / 'pose_net.pth',
+           animation / 'face_encoder.pth': ref / 'face_encoder' / 'face_encoder.pth',
+           animation / 'glintr100_torch.pth': ref / 'arcface' / 'arcface.pth'}
+  for link, target in links.items():
+    os.symlink(Path(target).resolve(), link)
+  return root
+
+
+@pytest.fixture(scope='session')
+def checkpoint_dir(release_dir, tmp_path_factory):
+  from tools import convert
+  out = tmp_path_factory.mktemp('ckpt') / 'ckpt'
+  convert.main(['--release', str(release_dir), '--out', str(out)])
+  return out

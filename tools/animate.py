@@ -1,93 +1,161 @@
-r"""`sa-animate`: animate a reference photo with a pose sequence.
+r"""`sa-animate`: animate reference photos with pose sequences.
 
   sa-animate --checkpoint ckpt/ --input case/ --out out/case.mp4          # an sa-prep folder
   sa-animate --checkpoint ckpt/ --reference ref.png --poses poses/ --face-embedding face.npy \
       --out out.mp4 --width 512 --height 512 --hjb --face-masks faces/ --reference-face-mask mask.png
-  sa-animate --out outputs/sample.mp4     # no checkpoint: bundled sample, tiny demo model
+  sa-animate --checkpoint ckpt/ --input cases/ --out out/ --batch-size 4 --mesh data=4   # many cases
+  sa-animate --out outputs/sample.mp4 --config.sampler.num_steps=10      # bundled sample, demo model
+
+Run settings come from `--config` (default `configs/animate.py`), its fields overridden with
+`--config.<section>.<field>=VALUE`; the short flags below override the same fields.
 """
 
 import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
+import ml_collections
+from absl import flags
+from ml_collections import config_flags
 from tqdm import tqdm
 
+import configs
 from sa_jax import animate
 from tools import setup_logging
 
 logger = logging.getLogger('sa-animate')
+DEFAULT_CONFIG = str(Path(configs.__file__).resolve().parent / 'animate.py')
+# Short flag -> (config field, type, help).
+SHORT_FLAGS = {
+    'width': ('io.width', int, 'generation width, a multiple of 64 (0: the reference\'s)'),
+    'height': ('io.height', int, 'generation height, a multiple of 64 (0: the reference\'s)'),
+    'num_frames': ('io.num_frames', int, 'use the first N poses (0: all)'),
+    'seed': ('io.seed', int, 'seed of each video\'s initial noise and noise augmentation'),
+    'batch_size': ('io.batch_size', int, 'videos per compiled call (cases of one size are batched)'),
+    'mesh': ('mesh.shape', str, 'device mesh, e.g. data=2,fsdp=4 (empty: one device)'),
+    'steps': ('sampler.num_steps', int, 'Euler denoising steps'),
+    'guidance': ('sampler.guidance', float, 'guidance at the last frame'),
+    'min_guidance': ('sampler.min_guidance', float, 'guidance at the first frame (unset: --guidance)'),
+    'tile_size': ('sampler.tile_size', int, 'frames per UNet tile (shrunk to a shorter clip)'),
+    'tile_overlap': ('sampler.tile_overlap', int, 'frames shared by neighbouring tiles'),
+    'decode_chunk_size': ('sampler.decode_chunk_size', int, 'frames per VAE decoder call'),
+    'unet_batch_size': ('sampler.unet_batch_size', int, 'UNet rows per call (bounds memory)'),
+    'query_chunk_size': ('sampler.query_chunk_size', int, 'spatial attention query chunk (bounds memory)'),
+    'dtype': ('sampler.dtype', str, 'compute dtype: float32 or bfloat16'),
+    'fps': ('conditioning.fps', int, 'conditioning fps and output frame rate'),
+    'motion_bucket_id': ('conditioning.motion_bucket_id', float, 'SVD motion conditioning'),
+    'noise_aug_strength': ('conditioning.noise_aug_strength', float, 'noise added to the reference latents'),
+    'hjb_start': ('hjb.start', int, 'first HJB refine step (0-based)'),
+    'hjb_end': ('hjb.end', int, 'last HJB refine step (inclusive)'),
+    'hjb_iterations': ('hjb.iterations', int, 'Adam iterations per refine step'),
+    'hjb_eta': ('hjb.eta', float, 'learning rate scale: step i uses eta * (1 - i / steps)'),
+}
 
 
 def _parser() -> argparse.ArgumentParser:
-  o = animate.Options()
   p = argparse.ArgumentParser(prog='sa-animate', description=__doc__.split('\n')[0].replace('`', ''),
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                              epilog='Run settings: --config FILE (default configs/animate.py) and '
+                              '--config.<section>.<field>=VALUE overrides (e.g. --config.sampler.num_steps=30).')
+  p.add_argument('--config', default=DEFAULT_CONFIG, help='run settings file (a get_config() module)')
   p.add_argument('--checkpoint', help='sa-convert output; omit for the bundled demo model and sample')
-  p.add_argument('--input', help='an sa-prep folder (reference.png, poses/, faces/, ...)')
-  p.add_argument('--reference', help='reference photo')
+  p.add_argument('--input', nargs='+', help='sa-prep folders, or folders of them (each one a case)')
+  p.add_argument('--reference', help='reference photo (one case)')
   p.add_argument('--poses', help='folder of pose skeleton frames frame_<i>.png')
   p.add_argument('--face-masks', help='folder of per-frame face masks (HJB), at the generation size')
   p.add_argument('--reference-face-mask', help='face mask of the reference photo (HJB)')
   p.add_argument('--face-embedding', help='512-d reference face embedding .npy (sa-prep writes one)')
   p.add_argument('--insightface-root', help='ROOT with models/antelopev2 to compute the embedding')
-  p.add_argument('--out', required=True, help='output .mp4; OUT.gif and OUT_frames/ are written too')
+  p.add_argument('--out', required=True, help='output .mp4 for one case (OUT.gif, OUT_frames/ too), or a '
+                 'folder that gets <case>.mp4 for each case')
   p.add_argument('--overwrite', action='store_true', help='replace existing outputs')
-  p.add_argument('--width', type=int, default=o.width, help='generation width (multiple of 64)')
-  p.add_argument('--height', type=int, default=o.height, help='generation height (multiple of 64)')
-  p.add_argument('--steps', type=int, default=o.steps, help='Euler denoising steps')
-  p.add_argument('--guidance', type=float, default=o.max_guidance, help='guidance at the last frame')
-  p.add_argument('--min-guidance', type=float, help='guidance at the first frame (None: --guidance, no ramp)')
-  p.add_argument('--tile-size', type=int, default=o.tile_size,
-                 help='frames per UNet tile (shrunk to the clip when shorter)')
-  p.add_argument('--tile-overlap', type=int, default=o.tile_overlap, help='frames shared by neighbouring tiles')
-  p.add_argument('--fps', type=int, default=o.fps, help='conditioning fps and output frame rate')
-  p.add_argument('--motion-bucket-id', type=float, default=o.motion_bucket_id, help='SVD motion conditioning')
-  p.add_argument('--noise-aug-strength', type=float, default=o.noise_aug_strength,
-                 help='noise added to the reference latents')
-  p.add_argument('--decode-chunk-size', type=int, default=o.decode_chunk_size,
-                 help='frames per VAE decoder call (changes the result, as in the reference)')
-  p.add_argument('--seed', type=int, default=o.seed, help='seed of the initial noise and noise augmentation')
-  p.add_argument('--hjb', action='store_true', help='HJB face correction (needs face masks)')
-  p.add_argument('--hjb-start', type=int, default=o.hjb_start, help='first refine step (0-based)')
-  p.add_argument('--hjb-end', type=int, default=o.hjb_end, help='last refine step (inclusive)')
-  p.add_argument('--hjb-iterations', type=int, default=o.hjb_iterations, help='Adam iterations per refine step')
-  p.add_argument('--hjb-eta', type=float, default=o.hjb_eta,
-                 help='learning rate scale: step i uses eta * (1 - i / steps)')
-  p.add_argument('--unet-batch-size', type=int, help='UNet rows per call (bounds memory)')
-  p.add_argument('--query-chunk-size', type=int, help='spatial attention query chunk (bounds memory)')
-  p.add_argument('--dtype', choices=('float32', 'bfloat16'), default=o.dtype, help='compute dtype')
+  p.add_argument('--hjb', action='store_const', const=True, help='HJB face correction (needs face masks)')
+  p.add_argument('--no-compile-cache', action='store_true', help="don't use JAX's persistent compilation cache")
+  for name, (field, kind, text) in SHORT_FLAGS.items():
+    p.add_argument('--' + name.replace('_', '-'), type=kind, help=f'{text} [{field}]')
   return p
 
 
+def run_config(path: str, overrides: Sequence[str]) -> ml_collections.ConfigDict:
+  """The `get_config()` of `path` with `--config.<field>=VALUE` overrides (unknown fields refused)."""
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file('config', path, flag_values=values, lock_config=True)
+  try:
+    values(['sa-animate', *overrides])
+  except (flags.Error, KeyError, AttributeError, TypeError, ValueError) as err:
+    raise ValueError(f'run settings {path}: {err}') from err
+  return values.config
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-  args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+  parser = _parser()
+  args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+  stray = [a for a in rest if not a.startswith('--config.')]
+  if stray:
+    parser.error(f'unrecognized arguments: {" ".join(stray)} (config overrides take the form '
+                 '--config.<section>.<field>=VALUE)')
+  try:
+    run = run_config(args.config, rest)
+  except ValueError as err:
+    parser.error(str(err))
+  for name, (field, _, _) in SHORT_FLAGS.items():
+    if getattr(args, name) is not None:
+      section, key = field.split('.')
+      run[section][key] = getattr(args, name)
+  if args.hjb:
+    run.hjb.enabled = True
+  if args.no_compile_cache:
+    run.io.compile_cache = False
   setup_logging()
-  inputs = animate.Inputs(folder=args.input, reference=args.reference, poses=args.poses,
-                          face_masks=args.face_masks, reference_face_mask=args.reference_face_mask,
-                          face_embedding=args.face_embedding, insightface_root=args.insightface_root)
-  width, height = args.width, args.height
+
+  if args.input:
+    cases = [animate.Inputs(folder=c, insightface_root=args.insightface_root)
+             for c in animate.find_cases(args.input)]
+  elif args.reference or args.poses:
+    cases = [animate.Inputs(reference=args.reference, poses=args.poses, face_masks=args.face_masks,
+                            reference_face_mask=args.reference_face_mask, face_embedding=args.face_embedding,
+                            insightface_root=args.insightface_root)]
+  else:
+    if args.checkpoint is not None:
+      parser.error('give --input or --reference/--poses')
+    cases = [animate.Inputs(folder=animate.SAMPLE_DIR)]
+    if args.width is None and args.height is None:
+      run.io.width = run.io.height = 0          # the sample's own size
   if args.checkpoint is None:
-    logger.info('no --checkpoint: animating the bundled sample (%s) with the DEMO model, the tiny '
-                'config with seeded random weights. The output shows the pipeline running, not a '
-                'trained model; convert the release with sa-convert for real results.', animate.SAMPLE_DIR)
-    if not any([args.input, args.reference, args.poses]):
-      inputs = animate.Inputs(folder=animate.SAMPLE_DIR)
-      width = height = None  # the sample's own size
-  options = animate.Options(
-      width=width, height=height, steps=args.steps,
-      min_guidance=args.guidance if args.min_guidance is None else args.min_guidance,
-      max_guidance=args.guidance, tile_size=args.tile_size, tile_overlap=args.tile_overlap, fps=args.fps,
-      motion_bucket_id=args.motion_bucket_id, noise_aug_strength=args.noise_aug_strength,
-      decode_chunk_size=args.decode_chunk_size, seed=args.seed, hjb=args.hjb, hjb_start=args.hjb_start,
-      hjb_end=args.hjb_end, hjb_iterations=args.hjb_iterations, hjb_eta=args.hjb_eta,
-      unet_batch_size=args.unet_batch_size, query_chunk_size=args.query_chunk_size, dtype=args.dtype)
-  params, config = animate.load_model(args.checkpoint, need_face_embedder=args.hjb)
-  with tqdm(total=args.steps, desc='denoising', unit='step') as bar:
-    frames, options = animate.animate(params, config, inputs, options, progress=lambda i: bar.update(1))
-  written = animate.write_outputs(frames, args.out, options.fps, overwrite=args.overwrite)
-  logger.info('%d frames at %dx%d -> %s', len(frames), options.width, options.height,
-              ', '.join(map(str, written)))
+    logger.info('no --checkpoint: using the DEMO model, the tiny config with seeded random weights. The '
+                'output shows the pipeline running, not a trained model; convert the release with '
+                'sa-convert for real results.')
+  out = Path(args.out)
+  if out.suffix.lower() == '.mp4':
+    if len(cases) > 1:
+      parser.error(f'{len(cases)} cases need an output folder, not {out}')
+    outs = [out]
+  else:
+    outs = [out / f'{c.name}.mp4' for c in cases]
+  animate.check_outputs(outs, args.overwrite)
+
+  cache = animate.enable_compile_cache(run)
+  if cache:
+    logger.info('compilation cache: %s', cache)
+  mesh = animate.make_mesh(run)
+  params, config = animate.load_model_for(args.checkpoint, run, mesh)
+  failed = 0
+  # Per step without the compilation cache (the sampler reports each step); per batch with it.
+  per_step = not run.io.compile_cache
+  batches = -(-len(cases) // run.io.batch_size)
+  with tqdm(total=batches * run.sampler.num_steps if per_step else batches, desc='denoising',
+            unit='step' if per_step else 'batch') as bar:
+    for index, result in animate.animate_cases(params, config, cases, run, mesh, progress=lambda i: bar.update(1)):
+      if isinstance(result, Exception):
+        failed += 1
+        logger.error('%s: %s', cases[index].folder or cases[index].reference, result)
+        continue
+      written = animate.write_outputs(result, outs[index], run.conditioning.fps, overwrite=args.overwrite)
+      logger.info('%d frames at %dx%d -> %s', len(result), result.shape[2], result.shape[1],
+                  ', '.join(map(str, written)))
+  if failed:
+    sys.exit(f'sa-animate: error: {failed} of {len(cases)} cases failed (listed above)')
 
 
 if __name__ == '__main__':

@@ -1,6 +1,7 @@
 r"""`python -m tools.bench`: timing and memory benchmarks, each against a baseline of the same run.
 
   python -m tools.bench                                  # sampler, hjb, memory (demo size), unet, reference
+  python -m tools.bench batch --batch-sizes 1 4          # videos per minute, B at a time in one program
   python -m tools.bench sampler --steps 25 --hjb         # one-scan sampler vs a Python loop of steps
   python -m tools.bench memory --full-size               # + the release config at 512x512, 16 frames
   python -m tools.bench unet --unet-frames 8 --unet-size 32
@@ -29,14 +30,16 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
+from configs import animate as animate_config
 from configs import svd_xt
-from sa_jax import animate
-from sa_jax.models import iresnet, random_init, unet, vae
+from sa_jax import animate, diffusion
+from sa_jax.models import random_init, stable_animator, unet
+from sa_jax.models.stable_animator import ModelConfigs
 from sa_jax.sampling import hjb, pipeline, sampler
 from tools import setup_logging
 
 logger = logging.getLogger('bench')
-BENCHMARKS = ('sampler', 'hjb', 'memory', 'unet', 'reference')
+BENCHMARKS = ('sampler', 'hjb', 'memory', 'unet', 'reference', 'batch')
 MIB = 2 ** 20
 REFERENCE_DIR = Path(__file__).resolve().parents[1] / 'tests' / 'reference'
 
@@ -88,35 +91,47 @@ def _sample_size(args: argparse.Namespace) -> tuple[int, int, int]:
   return frames, args.height or height, args.width or width
 
 
+def _run_settings(steps: int, with_hjb: bool) -> Any:
+  """sa-animate's run settings (`configs/animate.py`) with `steps` and HJB on or off."""
+  run = animate_config.get_config()
+  run.sampler.num_steps = steps
+  run.hjb.enabled = with_hjb
+  return run
+
+
 def _sampler_config(frames: int, steps: int, with_hjb: bool) -> sampler.SamplerConfig:
-  """sa-animate's defaults, with the tile shrunk to the clip like `animate.load_request` does."""
-  options = animate.Options(steps=steps, hjb=with_hjb)
-  return animate.make_sampler_config(
-      dataclasses.replace(options, tile_size=min(options.tile_size, frames)), {})
+  """sa-animate's sampler settings for clips of `frames` frames."""
+  return sampler.SamplerConfig.from_config(_run_settings(steps, with_hjb), diffusion.ScheduleConfig(), frames)
 
 
-def _sampler_inputs(configs: pipeline.ModelConfigs, frames: int, height: int, width: int,
+def _sampler_inputs(configs: ModelConfigs, frames: int, height: int, width: int,
                     abstract: bool = False) -> tuple[Any, sampler.SamplerInputs]:
-  """Seeded random (latents, inputs) of the right shapes (values do not change the timing), or their shapes."""
+  """Seeded random (latents, inputs) of one video of the right shapes (values do not change the
+  timing), or their shapes."""
   h, w = height // configs.vae.spatial_factor, width // configs.vae.spatial_factor
   u = configs.unet
   embedding = configs.face_embedder.num_features if configs.face_embedder else 1
-  latents = (frames, h, w, configs.vae.latent_channels)
+  latents = (1, frames, h, w, configs.vae.latent_channels)
   shapes = sampler.SamplerInputs(
-      context=(2, u.num_face_tokens + 1, u.cross_attention_dim),
-      image_latents=(h, w, configs.vae.latent_channels), added_time_ids=(3,),
-      pose_latents=(frames, h, w, u.block_out_channels[0]), face_boxes=(frames, 4),
-      reference_embedding=(embedding,))
+      context=(1, u.num_face_tokens + 1, u.cross_attention_dim),
+      image_latents=(1, h, w, configs.vae.latent_channels), added_time_ids=(1, 3),
+      pose_latents=(1, frames, h, w, u.block_out_channels[0]), face_boxes=(1, frames, 4),
+      reference_embedding=(1, embedding))
   dtypes = sampler.SamplerInputs(*[jnp.float32] * 4, jnp.int32, jnp.float32)
   if abstract:
     return (jax.ShapeDtypeStruct(latents, jnp.float32),
             sampler.SamplerInputs(*map(jax.ShapeDtypeStruct, shapes, dtypes)))
   rng = np.random.default_rng(0)
   arrays = [rng.standard_normal(s).astype(np.float32) for s in shapes]
-  arrays[2] = np.array([6.0, 127.0, 0.02], np.float32)
-  arrays[4] = np.tile(np.array([height // 4, 3 * height // 4, width // 4, 3 * width // 4], np.int32), (frames, 1))
+  arrays[2] = np.array([[6.0, 127.0, 0.02]], np.float32)
+  arrays[4] = np.tile(np.array([height // 4, 3 * height // 4, width // 4, 3 * width // 4], np.int32), (1, frames, 1))
   initial = 700.0 * rng.standard_normal(latents).astype(np.float32)     # noise x sigma_max
   return jnp.asarray(initial), sampler.SamplerInputs(*map(jnp.asarray, arrays))
+
+
+def _denoiser(networks: stable_animator.Networks, config: sampler.SamplerConfig) -> Callable:
+  """The sampler jitted as `Animator` assembles it (initial latents donated)."""
+  return jax.jit(sampler.make_denoiser(networks, config), donate_argnums=1)
 
 
 # ------------------------------------------------------------------------------------- benchmarks
@@ -124,15 +139,15 @@ def _sampler_inputs(configs: pipeline.ModelConfigs, frames: int, height: int, wi
 def bench_sampler(args: argparse.Namespace) -> None:
   """The one-`lax.scan` sampler vs a Python loop over a jitted single step (same step computation)."""
   params, config = animate.demo_model()
-  configs = pipeline.ModelConfigs.from_dict(config['models'])
+  configs = config.models
   frames, height, width = _sample_size(args)
   latents, inputs = _sampler_inputs(configs, frames, height, width)
   for with_hjb in (False, True) if args.hjb else (False,):
     sampler_config = _sampler_config(frames, args.steps, with_hjb)
-    networks = pipeline.make_networks(configs, remat=with_hjb)
+    networks = stable_animator.make_networks(configs, remat=with_hjb)
     used = jax.device_put({k: v for k, v in params.items() if k in ('unet', 'vae', 'face_embedder')
                            and (with_hjb or k == 'unet')})
-    scan, scan_compile = _compile(sampler.make_denoiser(networks, sampler_config), used, latents, inputs)
+    scan, scan_compile = _compile(_denoiser(networks, sampler_config), used, latents, inputs)
     step_fn = sampler.make_step(networks, sampler_config)
     step, step_compile = _compile(jax.jit(lambda *a: step_fn(*a)[0]), used, inputs, latents, jnp.int32(0))
     indices = [jnp.int32(i) for i in range(args.steps)]               # on the device before timing
@@ -160,13 +175,13 @@ def bench_sampler(args: argparse.Namespace) -> None:
 def bench_hjb(args: argparse.Namespace) -> None:
   """The HJB face-loss gradient alone (baseline) vs inside a one-iteration loop, as the sampler runs it."""
   params, config = animate.demo_model()
-  configs = pipeline.ModelConfigs.from_dict(config['models'])
+  configs = config.models
   frames, height, width = _sample_size(args)
   latents, inputs = _sampler_inputs(configs, frames, height, width)
   z0 = latents / 700.0
-  networks = pipeline.make_networks(configs, remat=True)
+  networks = stable_animator.make_networks(configs, remat=True)
   used = jax.device_put({k: params[k] for k in ('vae', 'face_embedder')})
-  chunk = sampler.SamplerConfig.decode_chunk_size
+  chunk = _sampler_config(frames, args.steps, True).decode_chunk_size
   grad = jax.grad(lambda p, z: hjb.face_loss(
       z, inputs.face_boxes, inputs.reference_embedding, lambda lat: networks.decode(p['vae'], lat, chunk),
       lambda faces: networks.embed_faces(p['face_embedder'], faces))[0], argnums=1)
@@ -185,10 +200,10 @@ def bench_hjb(args: argparse.Namespace) -> None:
           'keeps the input-gradient convolutions in the fast layout)'])
 
 
-def _memory_row(label: str, networks: sampler.Networks, config: sampler.SamplerConfig, params: Any,
+def _memory_row(label: str, networks: stable_animator.Networks, config: sampler.SamplerConfig, params: Any,
                 latents: Any, inputs: sampler.SamplerInputs) -> tuple:
   """(label, temp, argument, output, code MiB, compile s, temp bytes) of the compiled sampler."""
-  compiled, seconds = _compile(sampler.make_denoiser(networks, config), params, latents, inputs)
+  compiled, seconds = _compile(_denoiser(networks, config), params, latents, inputs)
   stats = compiled.memory_analysis()
   fields = ('temp_size_in_bytes', 'argument_size_in_bytes', 'output_size_in_bytes',
             'generated_code_size_in_bytes')
@@ -201,22 +216,22 @@ def bench_memory(args: argparse.Namespace) -> None:
   sizes = [('demo (tiny config)', svd_xt.get_config('tiny'), *_sample_size(args), args.steps)]
   if args.full_size:
     sizes.append(('release config', svd_xt.get_config(), 16, 512, 512, 25))
-  abstract = {'unet': unet.abstract_params, 'vae': vae.abstract_params, 'face_embedder': iresnet.abstract_params}
   variants = [('remat off', False, None, None), ('remat on', True, None, None)]
   if args.query_chunk_size or args.unet_batch_size:
     extra = [f'query chunk {args.query_chunk_size}'] * bool(args.query_chunk_size) + \
         [f'UNet rows/call {args.unet_batch_size}'] * bool(args.unet_batch_size)
     variants.append((', '.join(['remat on'] + extra), True, args.query_chunk_size, args.unet_batch_size))
   for name, sections, frames, height, width, steps in sizes:
-    configs = pipeline.ModelConfigs.from_dict(sections.to_dict())
+    configs = ModelConfigs.from_dict(sections.to_dict())
     latents, inputs = _sampler_inputs(configs, frames, height, width, abstract=True)
     rows = []
     for with_hjb in (False, True):
-      params = {k: nn.unbox(fn(getattr(configs, k))) for k, fn in abstract.items() if with_hjb or k == 'unet'}
+      params = {k: nn.unbox(stable_animator.BY_NAME[k].abstract_params(getattr(configs, k)))
+                for k in (('unet', 'vae', 'face_embedder') if with_hjb else ('unet',))}
       base = None
       for label, remat, chunk, rows_per_call in variants:
         config = dataclasses.replace(_sampler_config(frames, steps, with_hjb), unet_batch_size=rows_per_call)
-        networks = pipeline.make_networks(configs, remat=remat, query_chunk_size=chunk)
+        networks = stable_animator.make_networks(configs, remat=remat, query_chunk_size=chunk)
         row = _memory_row(f'HJB {"on " if with_hjb else "off"}, {label}', networks, config, params, latents, inputs)
         base = row[-1] if base is None else base
         rows.append(row[:-1] + (_ratio(row[-1], base) if row[-1] is not None and base else 'n/a',))
@@ -299,6 +314,35 @@ def bench_reference(args: argparse.Namespace) -> None:
          ['diffusers has no ID adapter: the sa-jax UNet also runs the face-token attention in every attn2'])
 
 
+def bench_batch(args: argparse.Namespace) -> None:
+  """Batched inference: videos per minute of the demo model on the bundled sample, B videos per
+  compiled call vs one at a time (the whole pipeline: conditioning, sampler, decode)."""
+  params, config = animate.demo_model()
+  run = _run_settings(args.steps, False)
+  run.io.width = run.io.height = 0
+  request = animate.load_request(animate.Inputs(folder=animate.SAMPLE_DIR), run,
+                                 config.models.face_encoder.id_embeddings_dim)
+  frames = request.poses.shape[0]
+  animator = animate.animator_for(config, run, frames)
+  on_device = jax.device_put({n: params[n] for n in animator.needs})
+  rows, base = [], None
+  for b in args.batch_sizes:
+    batch = pipeline.Request.stack([request] * b)
+    start = time.perf_counter()
+    animator.run(on_device, batch, [run.io.seed] * b)
+    first = time.perf_counter() - start
+    run_time, _ = _run_time(lambda: animator.run(on_device, batch, [run.io.seed] * b).frames, args.repeats)
+    per_minute = 60.0 * b / run_time
+    base = base or per_minute
+    rows.append((f'B={b}' + (' (baseline)' if len(rows) == 0 else ''), first, run_time, per_minute,
+                 _ratio(per_minute, base)))
+  _table(f'batch: demo model, {frames} frames at {request.poses.shape[1]}x{request.poses.shape[2]}, '
+         f'{args.steps} steps, whole pipeline',
+         ('videos per call', 'first call s (compile)', f'run s (median of {args.repeats})', 'videos / min',
+          'throughput ratio'), rows,
+         ['one compiled program per batch size; every video of a batch gives the frames it gives alone'])
+
+
 # ------------------------------------------------------------------------------------------- main
 
 def _parser() -> argparse.ArgumentParser:
@@ -320,6 +364,7 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument('--query-chunk-size', type=int,
                  help='unet: query chunk (None: a quarter of the tokens); memory: adds a row with it')
   p.add_argument('--unet-batch-size', type=int, help='memory: adds a row with this many UNet rows per call')
+  p.add_argument('--batch-sizes', type=int, nargs='+', default=[1, 4], help='batch: videos per compiled call')
   p.add_argument('--reference-dir', default=os.environ.get('SA_REFERENCE_DIR', str(REFERENCE_DIR)),
                  help='reference: golden set whose first UNet case gives config and weights')
   return p

@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from sa_jax import prep
+from sa_jax.prep import pipeline as prep
 from sa_jax.prep import model_files
 from tools import setup_logging
 

@@ -16,9 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from sa_jax.nn.resize import crop_resize_bilinear
+from sa_jax.models.stable_animator import crop_faces
 
-FACE_SIZE = 112
 COSINE_EPS = 1e-8
 
 
@@ -49,30 +48,30 @@ def cosine_similarity(a: jax.Array, b: jax.Array) -> jax.Array:
   return jnp.sum((a / na) * (b / nb), axis=-1)
 
 
-def crop_faces(frames: jax.Array, boxes: jax.Array) -> jax.Array:
-  """`[N, H, W, 3]` frames in [-1, 1] -> `[N, 112, 112, 3]` face crops (bilinear, no antialias)."""
-  return crop_resize_bilinear(frames, boxes, FACE_SIZE)
-
-
 def face_loss(z0: jax.Array, boxes: jax.Array, reference_embedding: jax.Array,
               decode: Callable[[jax.Array], jax.Array], embed: Callable[[jax.Array], jax.Array]
               ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Identity loss of a clean-latent estimate.
+  """Identity loss of the clean-latent estimates of a batch of videos.
+
+  Each video's term is its own mean over frames, and the terms are summed, so the gradient with
+  respect to one video's x0 is exactly that video's loss gradient (Adam then acts elementwise).
 
   Args:
-    z0: `[N, h, w, 4]` scaled latents (x0).
-    boxes: `[N, 4]` int inclusive face boxes `[y_min, y_max, x_min, x_max]` in frame pixels.
-    reference_embedding: `[E]` embedding of the reference face.
-    decode: scaled latents -> frames `[N, H, W, 3]` in about [-1, 1].
+    z0: `[B, F, h, w, 4]` scaled latents (x0).
+    boxes: `[B, F, 4]` int inclusive face boxes `[y_min, y_max, x_min, x_max]` in frame pixels.
+    reference_embedding: `[B, E]` embeddings of the reference faces.
+    decode: one video's scaled latents `[F, h, w, 4]` -> frames `[F, H, W, 3]` in about [-1, 1].
     embed: faces `[N, 112, 112, 3]` -> embeddings `[N, E]`.
   Returns:
-    (loss, aux) with aux `faces` `[N, 112, 112, 3]` and `embeddings` `[N, E]`.
+    (loss, aux) with aux `faces` `[B, F, 112, 112, 3]` and `embeddings` `[B, F, E]`.
   """
-  frames = to_unit_range(decode(z0).astype(jnp.float32))
-  faces = crop_faces(frames, boxes)
-  embeddings = embed(faces)
-  cos = cosine_similarity(embeddings, reference_embedding[None, :])
-  return jnp.mean(jnp.abs(1.0 - cos)), dict(faces=faces, embeddings=embeddings)
+  b, f = boxes.shape[:2]
+  frames = to_unit_range(jax.vmap(decode)(z0).astype(jnp.float32))              # [B, F, H, W, 3]
+  faces = crop_faces(frames.reshape((b * f,) + frames.shape[2:]), boxes.reshape(b * f, 4))
+  embeddings = embed(faces).reshape(b, f, -1)                                    # [BF, E] -> [B, F, E]
+  cos = cosine_similarity(embeddings, reference_embedding[:, None, :])           # [B, F]
+  loss = jnp.sum(jnp.mean(jnp.abs(1.0 - cos), axis=1))
+  return loss, dict(faces=faces.reshape((b, f) + faces.shape[1:]), embeddings=embeddings)
 
 
 def adam() -> optax.GradientTransformation:

@@ -1,89 +1,62 @@
-"""From reference photo, pose images and face embedding to video frames (SPEC §4).
+"""From reference photos, pose images and face embeddings to video frames, B videos at a time (SPEC §4).
 
-Pure functions of `(params, arrays)`; file reading, resizing with PIL and validation live in
-`sa_jax.animate`. `params` is a dict with one tree per network: `unet`, `vae`, `image_encoder`,
-`pose_net`, `face_encoder` and, for the HJB face correction, `face_embedder`.
+`Animator` assembles the three programs of a run: `prepare` (conditioning, HJB reference
+embedding, initial latents), `denoise` (the one-`lax.scan` sampler) and `decode` (the chunked VAE
+decode), each jitted once with its input and output shardings on the mesh (if any), the initial
+latents donated. File reading and validation live in `sa_jax.animate`.
+
+Shapes: `B` videos, `F` frames, `H x W` generation size, `H0 x W0` reference size, `h x w`
+latents, `T` frames of initial noise (one tile).
 """
 
+import contextlib
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from sa_jax.models import clip, face_encoder, iresnet, pose_net, unet, vae
-from sa_jax.sampling import hjb, sampler, schedule, tiling
+from sa_jax import diffusion, sharding
+from sa_jax.checkpoint import CheckpointConfig
+from sa_jax.models import stable_animator
+from sa_jax.models.stable_animator import ModelConfigs
+from sa_jax.sampling import sampler, tiling
 
 Dtype = Any
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelConfigs:
-  """The architecture of every network (a checkpoint's `config["models"]`)."""
-  unet: unet.UNetConfig
-  vae: vae.VAEConfig
-  image_encoder: clip.CLIPVisionConfig
-  pose_net: pose_net.PoseNetConfig
-  face_encoder: face_encoder.FaceEncoderConfig
-  face_embedder: iresnet.IResNetConfig | None = None
+class ConditioningConfig:
+  """SVD micro-conditioning (`configs/animate.py` `conditioning` holds the defaults).
+
+  Attributes:
+    fps: frame rate (conditioned as fps - 1).
+    motion_bucket_id: SVD motion conditioning.
+    noise_aug_strength: noise added to the reference before it is encoded (and conditioned on).
+  """
+  fps: int
+  motion_bucket_id: float
+  noise_aug_strength: float
 
   @classmethod
-  def from_dict(cls, sections: Mapping[str, Mapping[str, Any]]) -> 'ModelConfigs':
-    missing = {'unet', 'vae', 'image_encoder', 'pose_net', 'face_encoder'} - set(sections)
-    if missing:
-      raise ValueError(f'model configs lack {sorted(missing)}')
-    embedder = sections.get('face_embedder')
-    return cls(unet=unet.UNetConfig.from_dict(sections['unet']),
-               vae=vae.VAEConfig.from_dict(sections['vae']),
-               image_encoder=clip.CLIPVisionConfig.from_dict(sections['image_encoder']),
-               pose_net=pose_net.PoseNetConfig.from_dict(sections['pose_net']),
-               face_encoder=face_encoder.FaceEncoderConfig.from_dict(sections['face_encoder']),
-               face_embedder=None if embedder is None else iresnet.IResNetConfig.from_dict(embedder))
-
-  def check(self) -> None:
-    """Cross-network consistency (a checkpoint assembled from mismatched parts fails here)."""
-    u, f = self.unet, self.face_encoder
-    problems = []
-    if self.pose_net.noise_latent_channels != u.block_out_channels[0]:
-      problems.append(f'pose_net.noise_latent_channels {self.pose_net.noise_latent_channels} != '
-                      f'unet.block_out_channels[0] {u.block_out_channels[0]}')
-    if f.cross_attention_dim != u.cross_attention_dim:
-      problems.append(f'face_encoder.cross_attention_dim {f.cross_attention_dim} != '
-                      f'unet.cross_attention_dim {u.cross_attention_dim}')
-    if f.num_tokens != u.num_face_tokens:
-      problems.append(f'face_encoder.num_tokens {f.num_tokens} != unet.num_face_tokens {u.num_face_tokens}')
-    projection = self.image_encoder.projection_dim
-    if projection != u.cross_attention_dim or projection != f.clip_embeddings_dim:
-      problems.append(f'image_encoder.projection_dim {projection} must equal unet.cross_attention_dim '
-                      f'{u.cross_attention_dim} and face_encoder.clip_embeddings_dim {f.clip_embeddings_dim}')
-    if self.vae.latent_channels * 2 != u.in_channels or self.vae.latent_channels != u.out_channels:
-      problems.append(f'vae.latent_channels {self.vae.latent_channels} does not fit unet in/out channels '
-                      f'{u.in_channels}/{u.out_channels}')
-    if problems:
-      raise ValueError('inconsistent model configs:\n  ' + '\n  '.join(problems))
-
-
-@dataclasses.dataclass(frozen=True)
-class ConditioningConfig:
-  """Attributes: fps (conditioned as fps - 1), motion bucket, noise augmentation, CLIP normalisation."""
-  fps: int = 7
-  motion_bucket_id: float = 127.0
-  noise_aug_strength: float = 0.02
-  image_mean: tuple[float, ...] = clip.CLIP_MEAN
-  image_std: tuple[float, ...] = clip.CLIP_STD
+  def from_config(cls, run: Any) -> 'ConditioningConfig':
+    c = run.conditioning
+    return cls(fps=c.fps, motion_bucket_id=c.motion_bucket_id, noise_aug_strength=c.noise_aug_strength)
 
 
 class Request(NamedTuple):
-  """Host-side inputs of one animation, already at the generation size `H x W`.
+  """Host-side inputs of B videos of the same shapes, at the generation size `H x W`.
 
-  reference: `[H0, W0, 3]` uint8 RGB at its original size (CLIP, reference face crop).
-  reference_resized: `[H, W, 3]` uint8 RGB, the reference resized to the generation size (Lanczos).
-  poses: `[N, H, W, 3]` uint8 RGB pose images.
-  face_embedding: `[512]` raw insightface embedding of the reference face.
-  face_boxes: `[N, 4]` int32 inclusive face boxes of the frames (HJB), or zeros.
-  reference_face_box: `[4]` int32 face box of `reference` (HJB), or zeros.
+  reference: `[B, H0, W0, 3]` uint8 RGB at its original size (CLIP, reference face crop).
+  reference_resized: `[B, H, W, 3]` uint8 RGB, the reference at the generation size (Lanczos).
+  poses: `[B, F, H, W, 3]` uint8 RGB pose images.
+  face_embedding: `[B, 512]` raw insightface embeddings of the reference faces.
+  face_boxes: `[B, F, 4]` int32 inclusive face boxes of the frames (HJB), or zeros.
+  reference_face_box: `[B, 4]` int32 face box of `reference` (HJB), or zeros.
   """
   reference: np.ndarray
   reference_resized: np.ndarray
@@ -92,122 +65,217 @@ class Request(NamedTuple):
   face_boxes: np.ndarray
   reference_face_box: np.ndarray
 
+  @classmethod
+  def stack(cls, videos: Sequence['Request']) -> 'Request':
+    """One batch from single-video requests (fields without the batch axis), all of one shape."""
+    shapes = {tuple(np.shape(x) for x in v) for v in videos}
+    if len(shapes) != 1:
+      raise ValueError(f'a batch needs videos of one shape, got {len(shapes)} different shapes')
+    return cls(*[np.stack(xs) for xs in zip(*videos)])
 
-def make_networks(configs: ModelConfigs, dtype: Dtype = jnp.float32, remat: bool = False,
-                  query_chunk_size: int | None = None) -> sampler.Networks:
-  """The per-network functions the sampler calls. `remat` bounds the HJB backward's memory."""
-  denoiser = unet.UNet(configs.unet, remat=remat, query_chunk_size=query_chunk_size, dtype=dtype)
-  embedder = None if configs.face_embedder is None else iresnet.IResNet(configs.face_embedder, dtype=dtype)
-
-  def embed_faces(params, faces):
-    if embedder is None:
-      raise ValueError('the HJB face correction needs a face embedder; the checkpoint has none '
-                       '(convert it with --face-embedder)')
-    return embedder.apply({'params': params}, faces)
-
-  return sampler.Networks(
-      unet=lambda p, *args: denoiser.apply({'params': p}, *args),
-      decode=lambda p, z, chunk: vae.decode(p, configs.vae, z, chunk, remat=remat, checkpoint_chunks=remat,
-                                            dtype=dtype),
-      embed_faces=embed_faces)
+  @property
+  def batch_size(self) -> int:
+    return self.poses.shape[0]
 
 
-class Conditioning(NamedTuple):
-  """Conditioning of a request: see `sampler.SamplerInputs` for the fields' meaning."""
-  context: jax.Array
-  image_latents: jax.Array
-  added_time_ids: jax.Array
-  pose_latents: jax.Array
-  reference_embedding: jax.Array
+class Outputs(NamedTuple):
+  """What `Animator.run` returns for a batch (numpy).
 
-
-def condition(params: Mapping[str, Any], configs: ModelConfigs, settings: ConditioningConfig,
-              request: Request, key: jax.Array, with_reference_embedding: bool,
-              dtype: Dtype = jnp.float32) -> Conditioning:
-  """CLIP token, face tokens, reference latents, pose features and (HJB) reference face embedding.
-
-  The unconditional context is all zeros (SPEC §4.1); `key` draws the noise augmentation of the
-  reference before it is encoded. Jit with `configs`, `settings`, `with_reference_embedding`,
-  `dtype` static.
+  frames: `[B, F, H, W, 3]` uint8.
+  decoded: `[B, F, H, W, 3]` float32 decoder output, about [-1, 1].
+  latents: `[B, F, h, w, 4]` final latents.
+  trajectory: per-step `sampler.Trajectory` (`[steps, B, ...]`) when the animator traces, else None.
   """
-  clip_embedding = clip.encode_image(params['image_encoder'], configs.image_encoder,
-                                     request.reference[None], settings.image_mean, settings.image_std,
-                                     dtype=dtype)[:, None]                                 # [1, 1, P]
-  face_tokens = face_encoder.FusionFaceId(configs.face_encoder, dtype=dtype).apply(
-      {'params': params['face_encoder']}, jnp.asarray(request.face_embedding, dtype)[None],
-      clip_embedding)                                                                      # [1, T, D]
-  cond = jnp.concatenate([clip_embedding, face_tokens.astype(clip_embedding.dtype)], axis=1)
-  context = jnp.concatenate([jnp.zeros_like(cond), cond], axis=0)                         # [2, 1 + T, D]
-
-  pixels = jnp.asarray(request.reference_resized, jnp.float32)[None] / 255.0 * 2.0 - 1.0
-  pixels = pixels + settings.noise_aug_strength * jax.random.normal(key, pixels.shape)
-  image_latents = vae.encode(params['vae'], configs.vae, pixels, dtype=dtype).mode()[0]    # [h, w, 4]
-
-  poses = jnp.asarray(request.poses, jnp.float32) / 127.5 - 1.0
-  pose_latents = pose_net.PoseNet(configs.pose_net, dtype=dtype).apply({'params': params['pose_net']}, poses)
-
-  ids = jnp.asarray([settings.fps - 1, settings.motion_bucket_id, settings.noise_aug_strength], dtype)
-  if with_reference_embedding:
-    face = jnp.asarray(request.reference, jnp.float32)[None] / 255.0
-    face = hjb.crop_faces((face - 0.5) / 0.5, jnp.asarray(request.reference_face_box)[None])
-    reference_embedding = iresnet.IResNet(configs.face_embedder, dtype=dtype).apply(
-        {'params': params['face_embedder']}, face)[0]
-  else:
-    reference_embedding = jnp.zeros((1,), dtype)
-  return Conditioning(context, image_latents, ids, pose_latents, reference_embedding)
+  frames: np.ndarray
+  decoded: np.ndarray
+  latents: np.ndarray
+  trajectory: sampler.Trajectory | None
 
 
-def initial_latents(key: jax.Array, num_frames: int, tile_size: int, latent_shape: tuple[int, int, int],
-                    schedule_config: schedule.ScheduleConfig = schedule.ScheduleConfig()) -> jax.Array:
-  """`N(0, 1)` noise for one tile times `init_noise_sigma`, repeated periodically to N frames."""
-  noise = jax.random.normal(key, (tile_size,) + tuple(latent_shape), jnp.float32)
-  return tiling.periodic_noise(noise * schedule.init_noise_sigma(schedule_config), num_frames)
+NEEDS = ('unet', 'vae', 'image_encoder', 'pose_net', 'face_encoder')   # + face_embedder for HJB
 
 
-def decode_video(params: Any, vae_config: vae.VAEConfig, latents: jax.Array, decode_chunk_size: int,
+def param_shardings(models: ModelConfigs, names: Sequence[str], mesh: Mesh,
+                    rules: Sequence[tuple[str, Any]] = sharding.LOGICAL_RULES) -> dict[str, Any]:
+  """Network name -> tree of NamedShardings of its parameters on `mesh`, from the logical axes."""
+  return {name: sharding.param_shardings(stable_animator.BY_NAME[name].abstract_params(getattr(models, name)),
+                                         mesh, rules) for name in names}
+
+
+def initial_latents(noise: jax.Array, num_frames: int, scheduler: diffusion.ScheduleConfig) -> jax.Array:
+  """`[B, T, h, w, 4]` standard normal noise -> `[B, F, h, w, 4]` times `init_noise_sigma`, frame k
+  taking noise `k mod T` (one tile of noise repeated periodically, SPEC §4.3)."""
+  scaled = noise.astype(jnp.float32) * diffusion.init_noise_sigma(scheduler)
+  return jax.vmap(lambda n: tiling.periodic_noise(n, num_frames))(scaled)
+
+
+def decode_video(params: Any, vae_config: Any, latents: jax.Array, decode_chunk_size: int,
                  dtype: Dtype = jnp.float32) -> tuple[jax.Array, jax.Array]:
-  """Scaled latents `[N, h, w, 4]` -> (decoded `[N, H, W, 3]` in about [-1, 1], uint8 frames)."""
-  decoded = vae.decode(params, vae_config, latents, decode_chunk_size, dtype=dtype).astype(jnp.float32)
+  """Scaled latents `[B, F, h, w, 4]` -> (decoded `[B, F, H, W, 3]` in about [-1, 1], uint8 frames)."""
+  decode = lambda z: stable_animator.vae.decode(params, vae_config, z, decode_chunk_size, dtype=dtype)
+  decoded = jax.vmap(decode)(latents).astype(jnp.float32)
   frames = jnp.round(jnp.clip(decoded / 2 + 0.5, 0.0, 1.0) * 255.0).astype(jnp.uint8)
   return decoded, frames
 
 
-@dataclasses.dataclass(frozen=True)
 class Animator:
-  """Compiled pieces of the pipeline for one set of networks and settings.
+  """The compiled pipeline for one model, one set of run settings and one mesh.
 
-  Build once and call `run` for many requests of the same shapes: nothing recompiles.
+  Build once and call `run` for many batches: the programs compile on the first batch of a shape
+  and are reused for every later batch of that shape (and, with JAX's persistent compilation
+  cache on, by later processes).
+
+  Args:
+    config: the checkpoint config (model configs, scheduler, CLIP normalisation).
+    sampler_config: the sampler settings (static).
+    conditioning: the micro-conditioning.
+    dtype: compute dtype.
+    query_chunk_size: spatial attention query chunk (bounds memory), or None.
+    mesh: devices to run on; None runs on the default device.
+    rules: logical-axis rules mapping parameter and activation names onto `mesh`.
+    trace: also return the per-step trajectory (parity checks, debugging).
+    step_progress: report each step from inside the sampler program (`run(progress=)`). JAX's
+      persistent compilation cache does not store programs with host callbacks, so leave it off
+      where a second process should start without compiling the sampler.
   """
-  configs: ModelConfigs
-  sampler_config: sampler.SamplerConfig
-  conditioning: ConditioningConfig = ConditioningConfig()
-  dtype: Dtype = jnp.float32
-  query_chunk_size: int | None = None
-  progress: Callable[[int], None] | None = None
 
-  def __post_init__(self):
-    self.configs.check()
-    hjb_on = self.sampler_config.hjb is not None
-    if hjb_on and self.configs.face_embedder is None:
-      raise ValueError('HJB face correction requested but the model has no face embedder')
-    networks = make_networks(self.configs, self.dtype, remat=hjb_on, query_chunk_size=self.query_chunk_size)
-    object.__setattr__(self, '_condition', jax.jit(
-        lambda p, r, k: condition(p, self.configs, self.conditioning, r, k, hjb_on, self.dtype)))
-    object.__setattr__(self, '_denoise', sampler.make_denoiser(networks, self.sampler_config, self.progress))
-    object.__setattr__(self, '_decode', jax.jit(
-        lambda p, z: decode_video(p, self.configs.vae, z, self.sampler_config.decode_chunk_size, self.dtype)))
+  def __init__(self, config: CheckpointConfig, sampler_config: sampler.SamplerConfig,
+               conditioning: ConditioningConfig, dtype: Dtype = jnp.float32,
+               query_chunk_size: int | None = None, mesh: Mesh | None = None,
+               rules: Sequence[tuple[str, Any]] = sharding.LOGICAL_RULES, trace: bool = False,
+               step_progress: bool = True):
+    hjb = sampler_config.hjb is not None
+    if hjb and config.models.face_embedder is None:
+      raise ValueError('the HJB face correction needs the face embedder: convert the release with '
+                       'sa-convert --face-embedder glintr100_torch.pth')
+    self.config = config
+    self.sampler_config = sampler_config
+    self.mesh = mesh
+    self.rules = tuple(rules)
+    self.trace = trace
+    self.networks = ('unet', 'vae', 'face_embedder') if hjb else ('unet', 'vae')
+    self._progress: Callable[[int], None] | None = None
+    models = config.models
+    networks = stable_animator.make_networks(models, dtype, remat=hjb, query_chunk_size=query_chunk_size)
+    self.step_progress = step_progress
+    self._denoise_fn = sampler.make_denoiser(networks, sampler_config, trace=trace,
+                                             progress=self._report if step_progress else None)
+    self._prepare_fn = lambda p, r, s, n: _prepare(p, models, config, conditioning, sampler_config, r, s, n,
+                                                   hjb, dtype)
+    self._decode_fn = lambda p, z: decode_video(p, models.vae, z, sampler_config.decode_chunk_size, dtype)
+    self._programs: dict[tuple[int, ...], tuple[Callable, Callable, Callable]] = {}
 
-  def run(self, params: Mapping[str, Any], request: Request, key: jax.Array) -> np.ndarray:
-    """Animates one request; returns `[N, H, W, 3]` uint8 frames."""
-    noise_key, aug_key = jax.random.split(key)
-    cond = self._condition(params, request, aug_key)
-    n = request.poses.shape[0]
-    h, w = cond.pose_latents.shape[1:3]
-    latents = initial_latents(noise_key, n, self.sampler_config.tile_size,
-                              (h, w, self.configs.vae.latent_channels), self.sampler_config.scheduler)
-    inputs = sampler.SamplerInputs(cond.context, cond.image_latents, cond.added_time_ids,
-                                   cond.pose_latents, jnp.asarray(request.face_boxes, jnp.int32),
-                                   cond.reference_embedding)
-    latents, _ = self._denoise(params, latents, inputs)
-    _, frames = self._decode(params['vae'], latents)
-    return np.asarray(frames)
+  @property
+  def needs(self) -> tuple[str, ...]:
+    """The networks `run` reads (the image encoder, PoseNet and face encoder condition the batch)."""
+    return NEEDS + self.networks[2:]
+
+  def param_shardings(self) -> dict[str, Any] | None:
+    """Network name -> tree of NamedShardings of the parameters `run` reads (None without a mesh)."""
+    return None if self.mesh is None else param_shardings(self.config.models, self.needs, self.mesh, self.rules)
+
+  def _batch_sharding(self, batch: int, ndim: int) -> NamedSharding:
+    """An array `[B, ...]` of rank `ndim`: B on the mesh's batch axes where they divide it, the
+    rest replicated."""
+    spec = PartitionSpec(sharding.BATCH, *([None] * (ndim - 1)))
+    return sharding.logical_to_sharding(spec, (batch,) + (1,) * (ndim - 1), self.mesh, self.rules)
+
+  def _compiled(self, latent_shape: tuple[int, ...], request: Request) -> tuple[Callable, Callable, Callable]:
+    """The jitted (prepare, denoise, decode) for latents of `latent_shape` `[B, F, h, w, 4]`."""
+    if latent_shape in self._programs:
+      return self._programs[latent_shape]
+    if self.mesh is None:
+      programs = (jax.jit(self._prepare_fn), jax.jit(self._denoise_fn, donate_argnums=1),
+                  jax.jit(self._decode_fn))
+    else:
+      shard = lambda ndim: self._batch_sharding(latent_shape[0], ndim)
+      params = self.param_shardings()
+      inputs = sampler.SamplerInputs(*(shard(ndim) for ndim in (3, 4, 2, 5, 3, 2)))
+      latents = pixels = shard(5)
+      programs = (
+          jax.jit(self._prepare_fn, in_shardings=(params, jax.tree.map(lambda x: shard(x.ndim), request),
+                                                  shard(1), None),
+                  out_shardings=(inputs, latents)),
+          jax.jit(self._denoise_fn, donate_argnums=1, out_shardings=(latents, None),
+                  in_shardings=({n: params[n] for n in self.networks}, latents, inputs)),
+          jax.jit(self._decode_fn, in_shardings=(params['vae'], latents), out_shardings=(pixels, pixels)))
+    self._programs[latent_shape] = programs
+    return programs
+
+  def _report(self, step: jax.Array) -> None:
+    if self._progress is not None:
+      self._progress(int(step))
+
+  def _context(self) -> contextlib.AbstractContextManager:
+    stack = contextlib.ExitStack()
+    if self.mesh is not None:
+      stack.enter_context(jax.set_mesh(self.mesh))
+      stack.enter_context(nn.logical_axis_rules(self.rules))
+    return stack
+
+  def latent_shape(self, request: Request) -> tuple[int, int, int, int, int]:
+    """`[B, F, h, w, 4]` of a batch."""
+    b, f, height, width = request.poses.shape[:4]
+    vae = self.config.models.vae
+    return (b, f, height // vae.spatial_factor, width // vae.spatial_factor, vae.latent_channels)
+
+  def run(self, params: Mapping[str, Any], request: Request, seeds: Sequence[int],
+          noise: np.ndarray | None = None, progress: Callable[[int], None] | None = None) -> Outputs:
+    """Animates a batch.
+
+    Args:
+      params: network name -> parameter tree (at least `needs`; on `param_shardings()` when there
+        is a mesh, or they are moved there).
+      request: the batch's inputs.
+      seeds: `[B]` seeds; video b's initial noise and noise augmentation come from `seeds[b]`
+        alone, so a video gives the same frames in any batch.
+      noise: optional `[B, T, h, w, 4]` standard normal initial noise (T <= F frames, repeated
+        periodically) instead of the seeds' draw; the reference draws one tile's worth.
+      progress: called with each step index as the sampler finishes it (with `step_progress`;
+        without it, with the last step index once the batch is done).
+    Returns:
+      the batch's `Outputs`.
+    """
+    b = request.batch_size
+    if len(seeds) != b:
+      raise ValueError(f'{len(seeds)} seeds for a batch of {b} videos')
+    missing = [n for n in self.needs if n not in params]
+    if missing:
+      raise ValueError(f'the animator needs parameters of {missing}')
+    prepare, denoise, decode = self._compiled(self.latent_shape(request), request)
+    self._progress = progress
+    used = {n: params[n] for n in self.needs}
+    with self._context():
+      inputs, latents = prepare(used, request, np.asarray(seeds, np.uint32), noise)
+      latents, trajectory = denoise({n: used[n] for n in self.networks}, latents, inputs)
+      decoded, frames = decode(used['vae'], latents)
+    outputs = Outputs(*jax.device_get((frames, decoded, latents, trajectory)))
+    if progress is not None and not self.step_progress:
+      progress(self.sampler_config.num_steps - 1)
+    return outputs
+
+
+def _prepare(params: Any, models: ModelConfigs, config: CheckpointConfig, conditioning: ConditioningConfig,
+             sampler_config: sampler.SamplerConfig, request: Request, seeds: jax.Array,
+             noise: jax.Array | None, hjb: bool, dtype: Dtype) -> tuple[sampler.SamplerInputs, jax.Array]:
+  """Sampler inputs and initial latents `[B, F, h, w, 4]` of a batch."""
+  keys = jax.vmap(jax.random.key)(seeds)
+  noise_keys, aug_keys = jnp.moveaxis(jax.vmap(jax.random.split)(keys), 1, 0)   # [B, 2] -> 2 x [B]
+  cond = stable_animator.condition(
+      params, models, request.reference, request.reference_resized, request.poses, request.face_embedding,
+      aug_keys, fps=conditioning.fps, motion_bucket_id=conditioning.motion_bucket_id,
+      noise_aug_strength=conditioning.noise_aug_strength, image_mean=config.image_mean,
+      image_std=config.image_std, dtype=dtype)
+  if hjb:
+    reference_embedding = stable_animator.reference_face_embedding(
+        params, models, request.reference, request.reference_face_box, dtype)
+  else:
+    reference_embedding = jnp.zeros((request.poses.shape[0], 1), dtype)
+  b, f = request.poses.shape[:2]
+  h, w = cond.pose_latents.shape[2:4]
+  if noise is None:
+    shape = (sampler_config.tile_size, h, w, models.vae.latent_channels)
+    noise = jax.vmap(lambda k: jax.random.normal(k, shape, jnp.float32))(noise_keys)
+  inputs = sampler.SamplerInputs(cond.context, cond.image_latents, cond.added_time_ids, cond.pose_latents,
+                                 jnp.asarray(request.face_boxes, jnp.int32), reference_embedding)
+  return inputs, initial_latents(noise, f, sampler_config.scheduler)

@@ -11,8 +11,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import animate as animate_config
 from convert import release
-from sa_jax.sampling import hjb, pipeline, sampler, schedule
+from sa_jax import animate, checkpoint, diffusion
+from sa_jax.models import stable_animator
+from sa_jax.sampling import hjb, pipeline, sampler
 from tests.parity import reference
 
 pytestmark = [pytest.mark.parity, pytest.mark.heavy]
@@ -47,83 +50,91 @@ def _release_paths(case) -> release.ReleasePaths:
 
 
 @pytest.fixture(scope='module', params=CASES, ids=str)
-def setup(request):
+def setup(request, tmp_path_factory):
+  """The case's weights converted and saved by the converter, then loaded as sa-animate loads them."""
   case = request.param
-  params, config = release.convert_release(_release_paths(case))
-  configs = pipeline.ModelConfigs.from_dict(config['models'])
+  folder = tmp_path_factory.mktemp('pipeline') / 'ckpt'
+  checkpoint.save(folder, *release.convert_release(_release_paths(case)))
+  params, config = checkpoint.load(folder)
+  embedding = folder.parent / 'face_embedding.npy'
+  np.save(embedding, case.io['id_embedding'])
+  return case, params, config, embedding
+
+
+def _run_settings(case, run):
+  """sa-animate's run settings (configs/animate.py) set to the recorded run."""
+  r = case.meta['runs'][run]
   args = case.meta['common_call_args']
-  conditioning = pipeline.ConditioningConfig(
-      fps=int(args['fps']), motion_bucket_id=float(args['motion_bucket_id']),
-      noise_aug_strength=float(args['noise_aug_strength']),
-      image_mean=tuple(config['image_mean']), image_std=tuple(config['image_std']))
-  return case, params, config, configs, conditioning
+  settings = animate_config.get_config()
+  settings.sampler.update(num_steps=r['steps'], guidance=r['gmax'], min_guidance=r['gmin'], tile_size=r['tile'],
+                          tile_overlap=r['overlap'], decode_chunk_size=int(args['decode_chunk_size']))
+  settings.hjb.update(enabled=bool(r['refine_steps']), start=r['start'], end=r['end'], iterations=r['iters'],
+                      eta=float(args['eta_scheduler']))
+  settings.conditioning.update(fps=int(args['fps']), motion_bucket_id=float(args['motion_bucket_id']),
+                               noise_aug_strength=float(args['noise_aug_strength']))
+  settings.io.update(width=case.meta['width'], height=case.meta['height'], num_frames=r['F'])
+  return settings
 
 
-def _request(case, frames):
-  io = case.io
-  image = io['reference_image_uint8']
-  return pipeline.Request(reference=image, reference_resized=image, poses=io['pose_images_uint8'][:frames],
-                          face_embedding=io['id_embedding'], face_boxes=io['face_boxes'][:frames].astype(np.int32),
-                          reference_face_box=io['reference_face_box'].astype(np.int32))
+def _request(setup, run):
+  """The case's input files read by sa-animate's reader, as a batch of one."""
+  case, _, config, embedding = setup
+  files = case.meta['files']
+  inputs = animate.Inputs(reference=case.path / 'reference.png', poses=case.path / 'poses',
+                          face_masks=case.path / 'faces', reference_face_mask=case.path / 'reference_mask.png',
+                          face_embedding=embedding)
+  assert all((case.path / name.split('/')[0]).exists() for name in files), files
+  settings = _run_settings(case, run)
+  settings.hjb.enabled = True                      # read the masks too
+  request = animate.load_request(inputs, settings, config.models.face_encoder.id_embeddings_dim)
+  frames = case.meta['runs'][run]['F']
+  np.testing.assert_array_equal(request.reference, case.io['reference_image_uint8'])
+  np.testing.assert_array_equal(request.poses, case.io['pose_images_uint8'][:frames])
+  np.testing.assert_array_equal(request.face_boxes, case.io['face_boxes'][:frames])
+  np.testing.assert_array_equal(request.reference_face_box, case.io['reference_face_box'])
+  return pipeline.Request.stack([request])
 
 
 def _sampler_config(case, run, config):
-  r = case.meta['runs'][run]
-  args = case.meta['common_call_args']
-  hjb_config = None
-  if r['refine_steps']:
-    hjb_config = sampler.HJBConfig(start=r['start'], end=r['end'], iterations=r['iters'],
-                                   eta=float(args['eta_scheduler']))
-  return sampler.SamplerConfig(
-      num_steps=r['steps'], min_guidance=r['gmin'], max_guidance=r['gmax'], tile_size=r['tile'],
-      tile_overlap=r['overlap'], decode_chunk_size=int(args['decode_chunk_size']), hjb=hjb_config,
-      scheduler=schedule.ScheduleConfig.from_dict(config['scheduler']))
-
-
-def _conditioning(setup, run, frames, with_embedding):
-  case, params, _, configs, conditioning = setup
-  return pipeline.condition(params, configs, conditioning, _request(case, frames), jax.random.key(0),
-                            with_embedding)
+  return sampler.SamplerConfig.from_config(_run_settings(case, run), config.scheduler, case.meta['runs'][run]['F'])
 
 
 def test_conditioning(setup):
-  case = setup[0]
+  case, params, config, _ = setup
   io = case.io
   run = next(iter(case.meta['runs']))
   prefix = run.split('_')[0] + '_'
-  frames = case.meta['runs'][run]['F']
-  cond = _conditioning(setup, run, frames, with_embedding=False)
-  reference.assert_close(cond.context, io[prefix + 'encoder_hidden_states'], 1e-4, name='context')
-  reference.assert_close(cond.image_latents, _nhwc(io[prefix + 'vae_image_latents'][1]), 1e-4,
+  request = _request(setup, run)
+  args = case.meta['common_call_args']
+  cond = stable_animator.condition(
+      params, config.models, request.reference, request.reference_resized, request.poses, request.face_embedding,
+      jax.vmap(jax.random.key)(np.zeros(1, np.uint32)), fps=int(args['fps']),
+      motion_bucket_id=float(args['motion_bucket_id']), noise_aug_strength=float(args['noise_aug_strength']),
+      image_mean=config.image_mean, image_std=config.image_std)
+  # The unconditional branch is zeros, built by the sampler: the reference records both rows.
+  np.testing.assert_array_equal(io[prefix + 'encoder_hidden_states'][0], 0.0)
+  reference.assert_close(cond.context, io[prefix + 'encoder_hidden_states'][1:], 1e-4, name='context')
+  reference.assert_close(cond.image_latents, _nhwc(io[prefix + 'vae_image_latents'][1:]), 1e-4,
                          name='image latents')
   np.testing.assert_array_equal(io[prefix + 'vae_image_latents'][0], 0.0)
-  reference.assert_close(cond.added_time_ids, io[prefix + 'added_time_ids'][1], 1e-6, name='added time ids')
+  reference.assert_close(cond.added_time_ids, io[prefix + 'added_time_ids'][1:], 1e-6, name='added time ids')
 
 
-def _initial_latents(case, run, config):
-  """The run's tile of initial noise times init_noise_sigma, repeated over its frames."""
+def _initial_noise(case, run):
+  """The run's recorded tile of initial noise `[1, T, h, w, 4]` (before init_noise_sigma)."""
   r = case.meta['runs'][run]
-  init = case.io['init_latents_tiled' if r['tile'] < r['F'] else 'init_latents']
-  return pipeline.tiling.periodic_noise(_video(init) * schedule.init_noise_sigma(config.scheduler), r['F'])
+  return _video(case.io['init_latents_tiled' if r['tile'] < r['F'] else 'init_latents'])[None]
 
 
 def _run(setup, run):
-  case, params, config, configs, _ = setup
-  io = case.io
-  r = case.meta['runs'][run]
+  """The whole run through `Animator`, the entry point sa-animate uses, with the recorded noise."""
+  case, params, config, _ = setup
   prefix = run.split('_')[0] + '_'
-  cfg = _sampler_config(case, run, config)
-  cond = _conditioning(setup, run, r['F'], with_embedding=cfg.hjb is not None)
-  latents = _initial_latents(case, run, cfg)
-  networks = pipeline.make_networks(configs, remat=cfg.hjb is not None)
-  denoise = sampler.make_denoiser(networks, cfg, trace=True)
-  inputs = sampler.SamplerInputs(cond.context, cond.image_latents, cond.added_time_ids,
-                                 cond.pose_latents, jnp.asarray(io['face_boxes'][:r['F']], jnp.int32),
-                                 cond.reference_embedding)
-  final, trajectory = denoise(params, latents, inputs)
-  decoded, frames = jax.jit(pipeline.decode_video, static_argnums=(1, 3))(
-      params['vae'], configs.vae, final, cfg.decode_chunk_size)
-  return prefix, final, trajectory, decoded, frames
+  animator = pipeline.Animator(config, _sampler_config(case, run, config),
+                               pipeline.ConditioningConfig.from_config(_run_settings(case, run)), trace=True)
+  out = animator.run(params, _request(setup, run), [0], noise=_initial_noise(case, run))
+  trajectory = jax.tree.map(lambda x: x[:, 0], out.trajectory)              # [steps, 1, ...] -> [steps, ...]
+  return prefix, out.latents[0], trajectory, out.decoded[0], out.frames[0]
 
 
 @pytest.mark.parametrize('setup, run', PLAIN_RUNS, indirect=['setup'])
@@ -154,35 +165,39 @@ def _unrefined_x0(case, run, step, config):
   """
   io = case.io
   prefix = run.split('_')[0] + '_'
-  sigma = schedule.sigmas(config.num_steps, config.scheduler)
-  x = _initial_latents(case, run, config) if step == 0 else _video(io[prefix + 'step_latents'][step - 1])
-  return np.asarray(schedule.predict_x0(_video(io[prefix + 'step_model_output'][step]), x, sigma[step]))
+  sigma = diffusion.sigmas(config.num_steps, config.scheduler)
+  if step == 0:
+    x = pipeline.initial_latents(_initial_noise(case, run), case.meta['runs'][run]['F'], config.scheduler)[0]
+  else:
+    x = _video(io[prefix + 'step_latents'][step - 1])
+  return np.asarray(diffusion.predict_x0(_video(io[prefix + 'step_model_output'][step]), x, sigma[step]))
 
 
 @pytest.mark.parametrize('setup, run', HJB_RUNS, indirect=['setup'])
 def test_hjb_face_correction_steps(setup, run):
   """Reference face, crops, embeddings and gradient at the first Adam step match tightly; each
   refine step's Adam iterations from the recorded x0 land on the recorded refined x0."""
-  case, params, config, configs, _ = setup
+  case, params, config, _ = setup
   prefix = run.split('_')[0] + '_'
   io = case.io
   r = case.meta['runs'][run]
   cfg = _sampler_config(case, run, config)
-  cond = _conditioning(setup, run, r['F'], with_embedding=True)
-  reference.assert_close(cond.reference_embedding, io[prefix + 'ref_face_embedding'][0], 1e-4,
-                         name='reference face embedding')
-  networks = pipeline.make_networks(configs, remat=True)
+  request = _request(setup, run)
+  embedding = stable_animator.reference_face_embedding(params, config.models, request.reference,
+                                                       request.reference_face_box)
+  reference.assert_close(embedding, io[prefix + 'ref_face_embedding'][:1], 1e-4, name='reference face embedding')
+  networks = stable_animator.make_networks(config.models, remat=True)
   loss = lambda z: hjb.face_loss(
-      z, jnp.asarray(io['face_boxes'][:r['F']], jnp.int32), cond.reference_embedding,
+      z[None], jnp.asarray(request.face_boxes), embedding,
       decode=lambda lat: networks.decode(params['vae'], lat, cfg.decode_chunk_size),
       embed=lambda faces: networks.embed_faces(params['face_embedder'], faces))
 
   first = min(r['refine_steps'])
   z0 = _unrefined_x0(case, run, first, cfg)
   (_, aux), grad = jax.jit(jax.value_and_grad(loss, has_aux=True))(z0)
-  reference.assert_close(aux['faces'][0], _nhwc(io[prefix + 'hjb_cropped_faces_first_call'][0]), 1e-4,
+  reference.assert_close(aux['faces'][0, 0], _nhwc(io[prefix + 'hjb_cropped_faces_first_call'][0]), 1e-4,
                          name='first face crop')
-  reference.assert_close(aux['embeddings'], io[prefix + 'hjb_face_embeddings'][0], 1e-4,
+  reference.assert_close(aux['embeddings'][0], io[prefix + 'hjb_face_embeddings'][0], 1e-4,
                          name='face embeddings')
   expected_grad = _video(io[prefix + 'hjb_grad_z0'][0])
   scale = np.abs(expected_grad).max()

@@ -7,16 +7,22 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
-from sa_jax import sharding
-from sa_jax.models import iresnet, random_init, unet, vae
+from sa_jax import diffusion, sharding
+from sa_jax.models import iresnet, random_init, stable_animator, unet, vae
 from sa_jax.sampling import pipeline, sampler
 
 N, H, W = 5, 8, 8  # frames, latent size
 
 
+def _config(num_steps, tile_size, tile_overlap, decode_chunk_size, min_guidance=3.0, max_guidance=3.0, hjb=None):
+  return sampler.SamplerConfig(num_steps=num_steps, min_guidance=min_guidance, max_guidance=max_guidance,
+                               tile_size=tile_size, tile_overlap=tile_overlap, decode_chunk_size=decode_chunk_size,
+                               scheduler=diffusion.ScheduleConfig(), hjb=hjb)
+
+
 @pytest.fixture(scope='module')
 def model():
-  configs = pipeline.ModelConfigs.from_dict(dict(
+  configs = stable_animator.ModelConfigs.from_dict(dict(
       unet=dict(block_out_channels=[32, 32], num_attention_heads=[1, 1], layers_per_block=1,
                 down_block_types=['CrossAttnDownBlockSpatioTemporal', 'DownBlockSpatioTemporal'],
                 up_block_types=['UpBlockSpatioTemporal', 'CrossAttnUpBlockSpatioTemporal'],
@@ -35,35 +41,34 @@ def model():
 
 
 def _latents(seed):
-  return 700.0 * np.random.default_rng(seed).standard_normal((N, H, W, 4), np.float32)
+  return 700.0 * np.random.default_rng(seed).standard_normal((1, N, H, W, 4), np.float32)
 
 
 def _inputs(seed, boxes):
   rng = np.random.default_rng(seed + 100)
   return sampler.SamplerInputs(
-      context=np.concatenate([np.zeros((1, 5, 32), np.float32),
-                              rng.standard_normal((1, 5, 32), np.float32)]),
-      image_latents=rng.standard_normal((H, W, 4), np.float32),
-      added_time_ids=np.array([6, 127, 0.02], np.float32),
-      pose_latents=rng.standard_normal((N, H, W, 32), np.float32),
-      face_boxes=np.asarray(boxes, np.int32), reference_embedding=rng.standard_normal(16).astype(np.float32))
+      context=rng.standard_normal((1, 5, 32), np.float32),
+      image_latents=rng.standard_normal((1, H, W, 4), np.float32),
+      added_time_ids=np.array([[6, 127, 0.02]], np.float32),
+      pose_latents=rng.standard_normal((1, N, H, W, 32), np.float32),
+      face_boxes=np.asarray(boxes, np.int32)[None], reference_embedding=rng.standard_normal((1, 16)).astype(np.float32))
 
 
 @pytest.mark.heavy
 def test_one_program_for_the_whole_loop(model):
   configs, params = model
-  networks = pipeline.make_networks(configs, remat=True)
+  networks = stable_animator.make_networks(configs, remat=True)
   traces, steps = [], []
 
   def counting_unet(*args):
     traces.append(1)                      # runs only while tracing
     return networks.unet(*args)
 
-  config = sampler.SamplerConfig(num_steps=3, tile_size=4, tile_overlap=2, min_guidance=1.0,
-                                 max_guidance=2.0, decode_chunk_size=2,
-                                 hjb=sampler.HJBConfig(start=1, end=1, iterations=2))
-  denoise = sampler.make_denoiser(sampler.Networks(counting_unet, networks.decode, networks.embed_faces),
-                                  config, progress=steps.append)
+  config = _config(num_steps=3, tile_size=4, tile_overlap=2, min_guidance=1.0, max_guidance=2.0,
+                   decode_chunk_size=2, hjb=sampler.HJBConfig(start=1, end=1, iterations=2, eta=0.1))
+  denoise = jax.jit(sampler.make_denoiser(
+      stable_animator.Networks(counting_unet, networks.decode, networks.embed_faces), config,
+      progress=steps.append), donate_argnums=1)
   latents = jnp.asarray(_latents(0))
   first, _ = denoise(params, latents, _inputs(0, [[0, 7, 0, 7]] * N))
   jax.block_until_ready(first)
@@ -85,18 +90,18 @@ def test_mesh_gives_the_same_frames(model):
   configs, params = model
   if jax.device_count() < 8:
     raise RuntimeError('needs the 8 simulated devices of tests/conftest.py')
-  config = sampler.SamplerConfig(num_steps=2, tile_size=4, tile_overlap=2, decode_chunk_size=2)
-  networks = pipeline.make_networks(configs)
+  config = _config(num_steps=2, tile_size=4, tile_overlap=2, decode_chunk_size=2)
+  networks = stable_animator.make_networks(configs)
   inputs = _inputs(2, np.zeros((N, 4)))
-  expected, _ = sampler.make_denoiser(networks, config)(params, _latents(2), inputs)
+  expected, _ = jax.jit(sampler.make_denoiser(networks, config))(params, _latents(2), inputs)
 
   mesh = sharding.make_mesh({sharding.DATA: 2, sharding.FSDP: 4}, jax.devices()[:8])
   shardings = {'unet': sharding.param_shardings(unet.abstract_params(configs.unet), mesh)}
   sharded = {'unet': jax.device_put(params['unet'], shardings['unet'])}
   replicated = NamedSharding(mesh, PartitionSpec())
   with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
-    got, _ = sampler.make_denoiser(networks, config)(sharded, jax.device_put(_latents(2), replicated),
-                                                     jax.device_put(inputs, replicated))
+    got, _ = jax.jit(sampler.make_denoiser(networks, config))(sharded, jax.device_put(_latents(2), replicated),
+                                                              jax.device_put(inputs, replicated))
   # Sharded reductions sum in another order: float32 noise, grown a little by the two steps.
   np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=0,
                              atol=5e-5 * np.abs(expected).max())

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from configs import animate as animate_config
 from sa_jax import animate
+from sa_jax.checkpoint import CheckpointConfig
 from tools import animate as animate_tool
 
 SAMPLE = animate.SAMPLE_DIR
@@ -59,10 +61,18 @@ def demo():
   return animate.demo_model()
 
 
+def _settings(width=0, height=0, hjb=False, steps=2, **io):
+  run = animate_config.get_config()
+  run.io.update(width=width, height=height, **io)
+  run.hjb.enabled = hjb
+  run.sampler.num_steps = steps
+  run.io.compile_cache = False
+  return run
+
+
 def _run(demo, folder, **options):
   params, config = demo
-  size = dict(width=None, height=None)
-  return animate.animate(params, config, animate.Inputs(folder=folder), animate.Options(**{**size, **options}))
+  return animate.animate(params, config, animate.Inputs(folder=folder), _settings(**options))
 
 
 def _mask(path, fill=None, size=None):
@@ -95,19 +105,70 @@ def test_bad_inputs_are_reported_before_any_work(demo, case, change, options, me
 
 def test_checkpoint_mismatch_is_listed(demo, case):
   params, config = demo
-  bigger = json.loads(json.dumps(config))
+  bigger = json.loads(json.dumps(config.to_json()))
   bigger['models']['pose_net']['noise_latent_channels'] = 64
   with pytest.raises(ValueError, match='pose_net.noise_latent_channels 64 != unet.block_out_channels'):
-    animate.animate(params, bigger, animate.Inputs(folder=case), animate.Options(width=None, height=None))
-  wider = json.loads(json.dumps(config))
+    CheckpointConfig.from_json(bigger)
+  wider = json.loads(json.dumps(config.to_json()))
   wider['models']['vae']['block_out_channels'] = [64, 64, 32, 32]
   with pytest.raises(ValueError, match=r'(?s)do not fit its config \(76\):.*\n  vae/decoder/conv_out/kernel: '
                      r'checkpoint \(3, 3, 32, 3\), config \(3, 3, 64, 3\)'):
-    animate.animate(params, wider, animate.Inputs(folder=case), animate.Options(width=None, height=None))
+    animate.animate(params, CheckpointConfig.from_json(wider), animate.Inputs(folder=case), _settings())
   without_embedder = {k: v for k, v in params.items() if k != 'face_embedder'}
   with pytest.raises(ValueError, match='needs the face embedder'):
-    animate.animate(without_embedder, config, animate.Inputs(folder=case),
-                    animate.Options(width=None, height=None, hjb=True))
+    animate.animate(without_embedder, config, animate.Inputs(folder=case), _settings(hjb=True))
+
+
+def test_unknown_config_keys_are_refused(demo, tmp_path, capsys):
+  with pytest.raises(SystemExit):
+    animate_tool.main(['--out', str(tmp_path / 'x.mp4'), '--config.sampler.num_step=3'])
+  assert 'num_step' in capsys.readouterr().err
+  data = demo[1].to_json()
+  with pytest.raises(ValueError, match=r"unknown keys \['sheduler'\]"):
+    CheckpointConfig.from_json({**data, 'sheduler': {}})
+  with pytest.raises(ValueError, match=r"unknown networks \['pose_nets'\]"):
+    CheckpointConfig.from_json({**data, 'models': {**data['models'], 'pose_nets': {}}})
+  assert CheckpointConfig.from_json(json.loads(json.dumps(data))) == demo[1]
+
+
+def test_config_overrides_and_short_flags_set_the_same_fields():
+  run = animate_tool.run_config(animate_tool.DEFAULT_CONFIG, ['--config.sampler.num_steps=7',
+                                                              '--config.sampler.min_guidance=1.5'])
+  assert run.sampler.num_steps == 7 and run.sampler.min_guidance == 1.5
+  config = animate.sampler.SamplerConfig.from_config(run, animate.pipeline.diffusion.ScheduleConfig(), 3)
+  assert (config.min_guidance, config.max_guidance, config.tile_size, config.tile_overlap) == (1.5, 3.0, 3, 2)
+  default = animate.sampler.SamplerConfig.from_config(animate_config.get_config(),
+                                                      animate.pipeline.diffusion.ScheduleConfig(), 30)
+  assert default.min_guidance == default.max_guidance, 'min guidance defaults to the guidance (no ramp)'
+
+
+@pytest.mark.heavy
+def test_batched_cases_equal_one_at_a_time(demo, tmp_path):
+  """Two cases in one compiled batch give the frames each gives alone; a broken case is reported
+  by index and does not stop the others; --num-frames takes the first poses."""
+  params, config = demo
+  first, second, broken = (tmp_path / n for n in ('a', 'b', 'broken'))
+  for folder in (first, second, broken):
+    shutil.copytree(SAMPLE, folder)
+  np.save(second / 'face_embedding.npy', np.random.default_rng(1).standard_normal(512).astype(np.float32))
+  np.save(broken / 'face_embedding.npy', np.zeros(7))
+  run = _settings(num_frames=FRAMES - 1, batch_size=2)
+  cases = [animate.Inputs(folder=f) for f in (first, broken, second)]
+  results = dict(animate.animate_cases(params, config, cases, run))
+  assert isinstance(results[1], ValueError) and 'has 7 values' in str(results[1])
+  for index, folder in ((0, first), (2, second)):
+    alone = animate.animate(params, config, animate.Inputs(folder=folder), run)[0]
+    assert results[index].shape == alone.shape == (FRAMES - 1,) + alone.shape[1:]
+    diff = np.abs(results[index].astype(np.int16) - alone.astype(np.int16))
+    # The same maths on a batch of 2 vs 1 may round differently (float32): within one uint8 level.
+    assert diff.max() <= 1, f'case {index}: batched frames differ from one-at-a-time by {diff.max()} levels'
+  assert np.abs(results[0].astype(np.int16) - results[2].astype(np.int16)).max() > 1, \
+      'different face embeddings must give different videos'
+  out = tmp_path / 'out'
+  animate_tool.main(['--input', str(first), str(second), '--out', str(out), '--steps', '2', '--batch-size', '2',
+                     '--no-compile-cache'])
+  for name in ('a', 'b'):
+    _check_outputs(out / f'{name}.mp4', FRAMES, Image.open(SAMPLE / 'reference.png').size)
 
 
 def test_failed_write_leaves_nothing(tmp_path, monkeypatch):

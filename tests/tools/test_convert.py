@@ -12,22 +12,22 @@ from flax import traverse_util
 from convert import state_dict as sd
 from convert import unet as convert_unet
 from sa_jax import checkpoint
-from sa_jax.models import unet
+from sa_jax.models import stable_animator
 from tools import convert
 
 
 def test_checkpoint_holds_every_network(checkpoint_dir, release_dir):
   params, config = checkpoint.load(checkpoint_dir)
-  assert set(params) == set(config['models']) == {'unet', 'vae', 'image_encoder', 'pose_net',
-                                                  'face_encoder', 'face_embedder'}
+  assert set(params) == set(config.models.names) == {n.name for n in stable_animator.NETWORKS}
+  sections = config.models.to_dict()
   # Configs read off the weights equal the ones the golden cases were made with.
   ref = release_dir / 'Animation'
   case = lambda name: json.loads((ref / f'{name}.pth').resolve().parent.joinpath('case.json').read_text())
-  assert config['models']['face_embedder'] == {k: case('glintr100_torch')['config'][k]
+  assert sections['face_embedder'] == {k: case('glintr100_torch')['config'][k]
                                                for k in ('layers', 'num_features')}
   fe = case('face_encoder')['config']
-  assert all(config['models']['face_encoder'][k] == v for k, v in fe.items())
-  direct = convert_unet.load_unet(ref / 'unet.pth', unet.UNetConfig.from_dict(config['models']['unet']))
+  assert all(sections['face_encoder'][k] == v for k, v in fe.items())
+  direct = convert_unet.load_unet(ref / 'unet.pth', config.models.unet)
   for path, value in traverse_util.flatten_dict(direct).items():
     np.testing.assert_array_equal(traverse_util.flatten_dict(params['unet'])[path], value)
 
@@ -36,7 +36,7 @@ def test_bfloat16_and_missing_parts(release_dir, tmp_path):
   out = tmp_path / 'bf16'
   convert.main(['--release', str(release_dir), '--out', str(out), '--dtype', 'bfloat16'])
   params, config = checkpoint.load(out, ('pose_net',))
-  assert config['dtype'] == 'bfloat16'
+  assert config.dtype == 'bfloat16' and set(params) == {'pose_net'}, 'only the networks asked for are read'
   assert all(x.dtype == ml_dtypes.bfloat16 for x in jax.tree.leaves(params))
   with pytest.raises(FileExistsError, match='--overwrite'):
     convert.main(['--release', str(release_dir), '--out', str(out)])

@@ -1,9 +1,11 @@
-"""The SVD EDM Euler schedule with v-prediction (SPEC §4.2, §7.11), and the training sigma law (§5).
+"""Diffusion maths shared by sampling and training: the SVD EDM v-prediction parametrisation.
 
-Mirrors diffusers `EulerDiscreteScheduler` as configured by SVD-xt (`use_karras_sigmas`,
-`timestep_type="continuous"`, `prediction_type="v_prediction"`, `timestep_spacing="leading"`).
-The sigma table is built on the host in float64 and rounded to float32, like the reference; the
-per-step arithmetic is float32 and jit-able.
+Inference (SPEC §4.2, §7.11) mirrors diffusers `EulerDiscreteScheduler` as configured by SVD-xt
+(`use_karras_sigmas`, `timestep_type="continuous"`, `prediction_type="v_prediction"`,
+`timestep_spacing="leading"`): the sigma table is built on the host in float64 and rounded to
+float32, like the reference; the per-step arithmetic is float32 and jit-able. Training (SPEC §5)
+shares the input scaling, the timestep `0.25 ln sigma` and the x0 formula, and adds the
+interpolated-cosine sigma law, the noising and the loss weight.
 """
 
 import dataclasses
@@ -76,6 +78,29 @@ def predict_x0(v: jax.Array, x: jax.Array, sigma: jax.Array) -> jax.Array:
 def euler_step(x: jax.Array, x0: jax.Array, sigma: jax.Array, sigma_next: jax.Array) -> jax.Array:
   """One Euler step of the probability-flow ODE from sigma to sigma_next."""
   return x + (x - x0) / sigma * (sigma_next - sigma)
+
+
+def add_noise(z: jax.Array, sigma: jax.Array, noise: jax.Array) -> jax.Array:
+  """`x_sigma = z + sigma * noise`; sigma broadcasts from the leading (batch) axis."""
+  return z + _per_row(sigma, z) * noise
+
+
+def loss_weight(sigma: jax.Array) -> jax.Array:
+  """EDM loss weight `(1 + sigma^2) / sigma^2` (SPEC §5 step 8)."""
+  return (1.0 + sigma * sigma) / (sigma * sigma)
+
+
+def _per_row(sigma: jax.Array, like: jax.Array) -> jax.Array:
+  """`[B]` -> `[B, 1, ...]` broadcastable against `like` `[B, ...]`."""
+  sigma = jnp.asarray(sigma)
+  return sigma.reshape(sigma.shape + (1,) * (like.ndim - sigma.ndim))
+
+
+def sample_training_sigmas(key: jax.Array, batch: int) -> jax.Array:
+  """`[B]` noise levels for a batch: stratified uniforms `(arange(B) + U[0, 1)) / B` through
+  `training_sigmas` (SPEC §5 step 4)."""
+  u = (jnp.arange(batch, dtype=jnp.float32) + jax.random.uniform(key, (batch,), jnp.float32)) / batch
+  return training_sigmas(u)
 
 
 def training_sigmas(u: jax.Array, image_d: float = 64, noise_d_low: float = 32,
