@@ -1,9 +1,39 @@
 """Mesh construction and logical-axis rules (the one place that knows the mesh).
 
-Parameters are created with logical axis names (`nn.with_logical_partitioning`): a kernel is
-`[..., EMBED, MLP]` (input features, output features), norm parameters are `[NORM]`.
-Activations are marked with `nn.with_logical_constraint` using `BATCH` etc. `LOGICAL_RULES` maps
-those names to mesh axes; scaling out is a change of mesh shape, not of model code.
+Parameters are created with logical axis names (`nn.with_logical_partitioning`); norm parameters
+are `[NORM]`. Activations are marked with `nn.with_logical_constraint` using `BATCH` etc.
+`LOGICAL_RULES` (or rules built from a config by `rules_from_config`) map those names to mesh axes;
+scaling out is a change of mesh shape and rules, not of model code.
+
+Kernels are `[*window, in, out]`; their last two axes take one of two layouts, Megatron style:
+
+  IN_PROJ  = [EMBED, MLP]  in features on `fsdp`, out on `tensor` (column parallel)
+  OUT_PROJ = [MLP, EMBED]  in features on `tensor`, out on `fsdp` (row parallel; the default)
+
+IN_PROJ marks the first kernel of a pair: its output features stay split over `tensor` and feed
+only elementwise ops (and norms) and then the pair's OUT_PROJ kernel, which reads them split the
+same way and reduces. Every other kernel is OUT_PROJ, so whatever writes a residual stream (or is
+a standalone projection) yields whole features and streams are never split over `tensor`; a pair
+costs one reduction and no all-gather. `linear.dense`/`linear.conv` pin each output's feature axis
+accordingly (`output_features`). Biases follow their kernel's out axis (`[MLP]` or `[EMBED]`).
+The window axes of a convolution are never sharded.
+
+  IN_PROJ (first of a pair)                        OUT_PROJ (its second)
+  Attention to_q, to_k, to_v                       to_out
+  IDAttention to_q, to_k, to_v, id_to_k, id_to_v   to_out
+  FeedForward proj_in (GEGLU: value | gate)        proj_out
+  TimestepEmbedding linear_1                       linear_2
+  ResnetBlock conv1, time_emb_proj (added to it)   conv2
+  IResNet IBasicBlock conv1                        conv2
+  PerceiverAttention to_q, to_kv                   to_out
+  FusionFaceId proj_0                              proj_2
+  OUT_PROJ, standalone: UNet conv_in, conv_out, transformer proj_in/proj_out, conv_shortcut,
+  resamplers, VAE convs outside resnets (time_conv_out included), PoseNet, CLIP patch embedding
+  and visual projection, IResNet stem/downsample/fc, perceiver proj_in/proj_out.
+
+With `tensor` of size 1 (the default mesh) only `fsdp` shards parameters; the two layouts then
+differ only in which kernel axis it splits. GEGLU's `[value | gate]` halves land on different
+`tensor` shards, so its product costs one exchange of the hidden activation.
 """
 
 from collections.abc import Mapping, Sequence
@@ -17,7 +47,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 # Mesh axes.
 DATA = 'data'      # replicas of the model, each on a slice of the batch
 FSDP = 'fsdp'      # parameters sharded, batch sharded too (ZeRO-3 style)
-TENSOR = 'tensor'  # room for tensor parallelism (size 1 unless configured)
+TENSOR = 'tensor'  # tensor parallelism: pairs split their hidden features (size 1 unless configured)
 MESH_AXES = (DATA, FSDP, TENSOR)
 
 # Logical axes.
@@ -26,6 +56,19 @@ LENGTH = 'length'
 EMBED = 'embed'
 MLP = 'mlp'
 NORM = 'norm'
+LOGICAL_AXES = (BATCH, LENGTH, EMBED, MLP, NORM)
+
+# Logical axes of the `[in, out]` axes of a kernel (see the module docstring).
+IN_PROJ = (EMBED, MLP)
+OUT_PROJ = (MLP, EMBED)
+
+
+def output_features(kernel_axes: Sequence[str | None]) -> str | None:
+  """Logical axis of the output features of a projection: `MLP` after `IN_PROJ`, whole after `OUT_PROJ`."""
+  kernel_axes = tuple(kernel_axes)
+  if kernel_axes not in (IN_PROJ, OUT_PROJ):
+    raise ValueError(f'kernel axes {kernel_axes}; expected IN_PROJ {IN_PROJ} or OUT_PROJ {OUT_PROJ}')
+  return MLP if kernel_axes == IN_PROJ else None
 
 LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
     (BATCH, (DATA, FSDP)),
@@ -34,6 +77,63 @@ LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
     (MLP, TENSOR),
     (NORM, None),
 )
+
+
+def rules_from_config(config: Mapping[str, str | Sequence[str] | None]) -> tuple[tuple[str, Any], ...]:
+  """Logical-axis rules from a mapping `logical axis -> mesh axis, list of mesh axes, or None`.
+
+  E.g. `{'batch': ['data', 'fsdp'], 'length': None, 'embed': 'fsdp', 'mlp': 'tensor',
+  'norm': None}` gives `LOGICAL_RULES`. Logical axes left out are replicated. Accepts a dict or an
+  `ml_collections.ConfigDict`.
+
+  Raises:
+    ValueError: naming unknown logical axes, unknown or repeated mesh axes, or a value that is not
+      a mesh axis name, a list of them, or None.
+  """
+  config = dict(config.items())
+  unknown = sorted(set(config) - set(LOGICAL_AXES))
+  if unknown:
+    raise ValueError(f'unknown logical axes {unknown}; expected a subset of {LOGICAL_AXES}')
+  rules = []
+  for name in LOGICAL_AXES:
+    if name not in config:
+      continue
+    value = config[name]
+    if value is None or isinstance(value, str):
+      axes = () if value is None else (value,)
+    elif isinstance(value, Sequence) and all(isinstance(a, str) for a in value):
+      axes = tuple(value)
+    else:
+      raise ValueError(f'logical axis {name!r} maps to {value!r}; expected a mesh axis name, '
+                       'a list of them, or None')
+    bad = sorted(set(axes) - set(MESH_AXES))
+    if bad:
+      raise ValueError(f'logical axis {name!r} maps to unknown mesh axes {bad}; expected some of {MESH_AXES}')
+    if len(set(axes)) != len(axes):
+      raise ValueError(f'logical axis {name!r} maps to {list(axes)}, which repeats a mesh axis')
+    rules.append((name, value if isinstance(value, str) else axes or None))
+  return tuple(rules)
+
+
+def parse_mesh_shape(text: str) -> dict[str, int]:
+  """`'data=2,fsdp=4'` -> `{'data': 2, 'fsdp': 4}`, the `shape` of `make_mesh` (-1: the rest)."""
+  shape: dict[str, int] = {}
+  for item in text.split(','):
+    name, sep, size = (part.strip() for part in item.partition('='))
+    if not sep or not name:
+      raise ValueError(f'mesh shape {text!r}: {item.strip()!r} is not axis=size; expected e.g. '
+                       "'data=2,fsdp=4'")
+    if name not in MESH_AXES:
+      raise ValueError(f'mesh shape {text!r}: unknown mesh axis {name!r}; expected one of {MESH_AXES}')
+    if name in shape:
+      raise ValueError(f'mesh shape {text!r}: axis {name!r} is given twice')
+    try:
+      shape[name] = int(size)
+    except ValueError:
+      raise ValueError(f'mesh shape {text!r}: size {size!r} of {name!r} is not an integer') from None
+    if shape[name] < 1 and shape[name] != -1:
+      raise ValueError(f'mesh shape {text!r}: size {shape[name]} of {name!r}; expected >= 1 or -1')
+  return shape
 
 
 def make_mesh(shape: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:

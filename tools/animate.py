@@ -11,6 +11,7 @@ Run settings come from `--config` (default `configs/animate.py`), its fields ove
 """
 
 import argparse
+import importlib.util
 import logging
 import sys
 from collections.abc import Sequence
@@ -72,25 +73,44 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument('--overwrite', action='store_true', help='replace existing outputs')
   p.add_argument('--hjb', action='store_const', const=True, help='HJB face correction (needs face masks)')
   p.add_argument('--no-compile-cache', action='store_true', help="don't use JAX's persistent compilation cache")
+  p.add_argument('--debug', action='store_true', help='show the traceback of an error')
   for name, (field, kind, text) in SHORT_FLAGS.items():
     p.add_argument('--' + name.replace('_', '-'), type=kind, help=f'{text} [{field}]')
   return p
 
 
 def run_config(path: str, overrides: Sequence[str]) -> ml_collections.ConfigDict:
-  """The `get_config()` of `path` with `--config.<field>=VALUE` overrides (unknown fields refused)."""
+  """The `get_config()` of the file `path` with `--config.<field>=VALUE` overrides (unknown fields
+  refused), parsed by ml_collections' config flags."""
+  spec = importlib.util.spec_from_file_location('sa_animate_run_config', path)
+  if spec is None or not Path(path).is_file():
+    raise ValueError(f'run settings {path}: not a Python file with get_config()')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
   values = flags.FlagValues()
-  config_flags.DEFINE_config_file('config', path, flag_values=values, lock_config=True)
+  argv = ['sa-animate', *overrides]
   try:
-    values(['sa-animate', *overrides])
+    config_flags.DEFINE_config_dict('config', module.get_config(), flag_values=values, lock_config=True,
+                                    sys_argv=argv)
+    values(argv)
   except (flags.Error, KeyError, AttributeError, TypeError, ValueError) as err:
     raise ValueError(f'run settings {path}: {err}') from err
   return values.config
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+  args = sys.argv[1:] if argv is None else list(argv)
+  try:
+    _main(args)
+  except (OSError, ValueError) as err:
+    if '--debug' in args:
+      raise
+    sys.exit(f'sa-animate: error: {err}')
+
+
+def _main(argv: Sequence[str]) -> None:
   parser = _parser()
-  args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+  args, rest = parser.parse_known_args(argv)
   stray = [a for a in rest if not a.startswith('--config.')]
   if stray:
     parser.error(f'unrecognized arguments: {" ".join(stray)} (config overrides take the form '

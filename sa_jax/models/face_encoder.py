@@ -28,6 +28,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sa_jax import sharding
 from sa_jax.nn import attention, linear
 from sa_jax.nn.feedforward import FeedForward, gelu
 from sa_jax.nn.norms import LayerNorm
@@ -62,10 +63,15 @@ class FaceEncoderConfig:
 
   @classmethod
   def from_dict(cls, d: Mapping[str, Any]) -> 'FaceEncoderConfig':
-    """From the keys of `configs/svd_xt.py` `face_encoder` (constructor names); unknown keys ignored.
+    """From the keys of `configs/svd_xt.py` `face_encoder` (constructor names).
 
-    A missing `heads` follows the reference: `cross_attention_dim // dim_head`.
+    A missing `heads` follows the reference: `cross_attention_dim // dim_head`. Unknown keys are a
+    ValueError.
     """
+    allowed = sorted(f.name for f in dataclasses.fields(cls))
+    unknown = sorted(set(d) - set(allowed))
+    if unknown:
+      raise ValueError(f'{cls.__name__}: unknown keys {unknown}; allowed keys are {allowed}')
     kw = {f.name: int(d[f.name]) for f in dataclasses.fields(cls) if f.name in d}
     if 'heads' not in kw:
       kw['heads'] = (kw.get('cross_attention_dim', cls.cross_attention_dim)
@@ -92,9 +98,9 @@ class PerceiverAttention(nn.Module):
     inner = self.heads * self.dim_head
     context = LayerNorm(LN_EPS, name='norm1', **kw)(context)
     latents = LayerNorm(LN_EPS, name='norm2', **kw)(latents)
-    q = linear.dense(inner, use_bias=False, name='to_q', **kw)(latents)
+    q = linear.dense(inner, use_bias=False, kernel_axes=sharding.IN_PROJ, name='to_q', **kw)(latents)
     kv_input = jnp.concatenate([context, latents], axis=1)          # [B, S + L, C]
-    kv = linear.dense(2 * inner, use_bias=False, name='to_kv', **kw)(kv_input)
+    kv = linear.dense(2 * inner, use_bias=False, kernel_axes=sharding.IN_PROJ, name='to_kv', **kw)(kv_input)
     k, v = jnp.split(kv, 2, axis=-1)                                # [B, S + L, 2ND] -> 2 x [B, S + L, ND]
     q = attention.split_heads(q, self.heads)                        # [B, L, N*D] -> [B, L, N, D]
     k = attention.split_heads(k, self.heads)
@@ -162,7 +168,8 @@ class FusionFaceId(nn.Module):
                        f'got shape {clip_embeds.shape}')
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     b = id_embeds.shape[0]
-    x = linear.dense(2 * cfg.id_embeddings_dim, name='proj_0', **kw)(id_embeds.astype(self.dtype))
+    x = linear.dense(2 * cfg.id_embeddings_dim, kernel_axes=sharding.IN_PROJ, name='proj_0',
+                     **kw)(id_embeds.astype(self.dtype))
     x = linear.dense(cfg.num_tokens * cfg.cross_attention_dim, name='proj_2', **kw)(gelu(x))
     x = x.reshape(b, cfg.num_tokens, cfg.cross_attention_dim)       # [B, T*D] -> [B, T, D]
     x = LayerNorm(LN_EPS, name='norm', **kw)(x)

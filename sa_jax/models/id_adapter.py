@@ -19,6 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sa_jax import sharding
 from sa_jax.nn import attention, linear
 
 Dtype = Any
@@ -76,8 +77,8 @@ class IDAttention(nn.Module):
       raise ValueError(f'context has {context.shape[1]} tokens; needs CLIP tokens followed by '
                        f'{self.num_face_tokens} face tokens')
     inner = self.heads * self.head_dim
-    proj = lambda name: linear.dense(inner, use_bias=False, dtype=self.dtype,
-                                     param_dtype=self.param_dtype, name=name)
+    proj = lambda name: linear.dense(inner, use_bias=False, kernel_axes=sharding.IN_PROJ,
+                                     dtype=self.dtype, param_dtype=self.param_dtype, name=name)
     attend = lambda q, k, v: attention.merge_heads(attention.dot_product_attention(
         q, k, v, query_chunk_size=self.query_chunk_size))
     split = lambda t: attention.split_heads(t, self.heads)

@@ -47,8 +47,12 @@ class IResNetConfig:
   def from_dict(cls, d: Mapping[str, Any]) -> 'IResNetConfig':
     """From `configs/svd_xt.py` `face_embedder` / a case config (`layers`, `num_features`).
 
-    `layers` may also be an architecture name ('r100'); unknown keys are ignored.
+    `layers` may also be an architecture name ('r100'); unknown keys are a ValueError.
     """
+    allowed = sorted(f.name for f in dataclasses.fields(cls))
+    unknown = sorted(set(d) - set(allowed))
+    if unknown:
+      raise ValueError(f'{cls.__name__}: unknown keys {unknown}; allowed keys are {allowed}')
     layers = d.get('layers', cls.layers)
     if isinstance(layers, str):
       if layers not in LAYERS:
@@ -94,7 +98,7 @@ class IBasicBlock(nn.Module):
     """Args: x `[N, H, W, Cin]`. Returns `[N, H/stride, W/stride, features]`."""
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     h = BatchNorm(BN_EPS, name='bn1', **kw)(x)
-    h = _conv(self.features, 3, 1, 'conv1', **kw)(h)
+    h = _conv(self.features, 3, 1, 'conv1', kernel_axes=sharding.IN_PROJ, **kw)(h)
     h = BatchNorm(BN_EPS, name='bn2', **kw)(h)
     h = PReLU(self.param_dtype, name='prelu')(h)
     h = _conv(self.features, 3, self.stride, 'conv2', **kw)(h)

@@ -35,7 +35,11 @@ class PoseNetConfig:
 
   @classmethod
   def from_dict(cls, d: Mapping[str, Any]) -> 'PoseNetConfig':
-    """From the StableAnimator constructor keys (`noise_latent_channels`); unknown keys are ignored."""
+    """From the StableAnimator constructor keys (`noise_latent_channels`); unknown keys are a ValueError."""
+    allowed = sorted(f.name for f in dataclasses.fields(cls))
+    unknown = sorted(set(d) - set(allowed))
+    if unknown:
+      raise ValueError(f'{cls.__name__}: unknown keys {unknown}; allowed keys are {allowed}')
     return cls(noise_latent_channels=int(d.get('noise_latent_channels', cls.noise_latent_channels)))
 
 

@@ -120,6 +120,5 @@ class TemporalDecoder(nn.Module):
     x = linear.conv3x3(self.out_channels, name='conv_out', **kw)(x)
     bf, h, w, c = x.shape
     x = x.reshape(bf // num_frames, num_frames, h, w, c)      # [BF, H, W, C] -> [B, F, H, W, C]
-    x = linear.conv(self.out_channels, (3, 1, 1), padding=((1, 1), (0, 0), (0, 0)),
-                    name='time_conv_out', **kw)(x)
+    x = linear.temporal_conv(self.out_channels, name='time_conv_out', **kw)(x)
     return x.reshape(bf, h, w, c)                             # [B, F, H, W, C] -> [BF, H, W, C]

@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sa_jax import sharding
 from sa_jax.nn import linear
 
 Dtype = Any
@@ -77,8 +78,8 @@ class Attention(nn.Module):
     """Args: x `[B, L, C]`; context `[B, S, Ckv]` (self-attention when None). Returns `[B, L, C']`."""
     context = x if context is None else context
     inner = self.heads * self.head_dim
-    proj = lambda name: linear.dense(inner, use_bias=self.qkv_bias, dtype=self.dtype,
-                                     param_dtype=self.param_dtype, name=name)
+    proj = lambda name: linear.dense(inner, use_bias=self.qkv_bias, kernel_axes=sharding.IN_PROJ,
+                                     dtype=self.dtype, param_dtype=self.param_dtype, name=name)
     q = split_heads(proj('to_q')(x), self.heads)
     k = split_heads(proj('to_k')(context), self.heads)
     v = split_heads(proj('to_v')(context), self.heads)

@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sa_jax import sharding
 from sa_jax.nn import linear
 
 Dtype = Any
@@ -37,7 +38,8 @@ class TimestepEmbedding(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    x = linear.dense(self.hidden, dtype=self.dtype, param_dtype=self.param_dtype, name='linear_1')(x)
+    x = linear.dense(self.hidden, kernel_axes=sharding.IN_PROJ, dtype=self.dtype,
+                     param_dtype=self.param_dtype, name='linear_1')(x)
     x = nn.silu(x)
     return linear.dense(self.features, dtype=self.dtype, param_dtype=self.param_dtype,
                         name='linear_2')(x)

@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sa_jax import sharding
 from sa_jax.nn import linear
 
 Dtype = Any
@@ -50,8 +51,8 @@ class FeedForward(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     """Args: x `[..., C]`. Returns `[..., out_features or C]`."""
     width = 2 * self.hidden if self.geglu else self.hidden
-    h = linear.dense(width, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
-                     name='proj_in')(x)
+    h = linear.dense(width, use_bias=self.use_bias, kernel_axes=sharding.IN_PROJ, dtype=self.dtype,
+                     param_dtype=self.param_dtype, name='proj_in')(x)
     if self.geglu:
       value, gate = jnp.split(h, 2, axis=-1)
       h = value * self.activation(gate)

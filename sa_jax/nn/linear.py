@@ -1,10 +1,14 @@
 """Dense and convolution layers with logical axis names on their parameters.
 
 Every kernel is created through these helpers so that `sa_jax.sharding` can map parameters to a
-mesh by name. Kernel layouts follow Flax: Dense `[in, out]`, Conv `[*window, in, out]`.
+mesh by name. Kernel layouts follow Flax: Dense `[in, out]`, Conv `[*window, in, out]`. The logical
+axes of `[in, out]` are `sharding.OUT_PROJ` (default) or `sharding.IN_PROJ` for the first kernel
+of a pair; the `sa_jax.sharding` docstring says which kernel gets which. The output's feature axis
+is pinned to match (`sharding.output_features`); its other axes are left to the compiler.
 """
 
 import functools
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,16 +20,44 @@ from jax import lax
 from sa_jax import sharding
 
 Dtype = Any
+KernelAxes = tuple[str | None, str | None]
 
 
-def dense(features: int, *, use_bias: bool = True, dtype: Dtype = jnp.float32,
-          param_dtype: Dtype = jnp.float32, name: str | None = None) -> nn.Dense:
-  """A Dense layer whose kernel is `[EMBED, MLP]` and bias `[MLP]` in logical axes."""
-  return nn.Dense(
-      features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
-      kernel_init=nn.with_logical_partitioning(
-          nn.initializers.lecun_normal(), (sharding.EMBED, sharding.MLP)),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (sharding.MLP,)),
+def _pin_features(y: jax.Array, kernel_axes: KernelAxes) -> jax.Array:
+  """Constrains the last axis of `y` to `sharding.output_features(kernel_axes)`, the rest free.
+
+  A no-op outside a mesh with logical-axis rules. Without it XLA's SPMD partitioner (jax 0.10.2)
+  may pick feature-sharded activations that it then miscomputes: `(x @ w1) @ w2 + x @ w3` with
+  `IN_PROJ`/`OUT_PROJ`/`IN_PROJ` kernels on a data=2, fsdp=2, tensor=2 mesh is wrong by O(|y|).
+  """
+  unconstrained = (jax.sharding.PartitionSpec.UNCONSTRAINED,) * (y.ndim - 1)
+  return nn.with_logical_constraint(y, unconstrained + (sharding.output_features(kernel_axes),))
+
+
+class Dense(nn.Dense):
+  """`nn.Dense` with its output features pinned (see `dense`); the same parameters."""
+  kernel_axes: KernelAxes = sharding.OUT_PROJ
+
+  def __call__(self, inputs: jax.Array) -> jax.Array:
+    return _pin_features(super().__call__(inputs), self.kernel_axes)
+
+
+class Conv(nn.Conv):
+  """`nn.Conv` with its output features pinned (see `conv`); the same parameters."""
+  kernel_axes: KernelAxes = sharding.OUT_PROJ
+
+  def __call__(self, inputs: jax.Array) -> jax.Array:
+    return _pin_features(super().__call__(inputs), self.kernel_axes)
+
+
+def dense(features: int, *, use_bias: bool = True, kernel_axes: KernelAxes = sharding.OUT_PROJ,
+          dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32,
+          name: str | None = None) -> Dense:
+  """A Dense layer whose kernel `[in, out]` has logical axes `kernel_axes`, its bias `[out]` the last."""
+  return Dense(
+      features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, kernel_axes=tuple(kernel_axes),
+      kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), tuple(kernel_axes)),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (kernel_axes[-1],)),
       name=name)
 
 
@@ -83,28 +115,77 @@ def _conv_bwd(strides, padding, numbers, precision, x_shape, residuals, dy):
 _conv.defvjp(_conv_fwd, _conv_bwd, symbolic_zeros=True)
 
 
+def matmul_conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],
+                                padding: Sequence[tuple[int, int]], lhs_dilation: Sequence[int] | None = None,
+                                rhs_dilation: Sequence[int] | None = None,
+                                dimension_numbers: Any = None, feature_group_count: int = 1,
+                                precision: Any = None) -> jax.Array:
+  """A stride-1 channels-last convolution as one matmul per window offset, summed (float32 sums).
+
+  `y[n, p] = sum_o pad(x)[n, p + o] @ rhs[o]` over the offsets o of the window: the same values as
+  `conv_general_dilated` up to summation order, for `temporal_conv`. Takes `lax.conv_general_dilated`'s
+  arguments; lhs `[N, *spatial, I]`, rhs `[*window, I, O]`, result `[N, *spatial', O]`.
+  """
+  n = rhs.ndim - 2
+  numbers = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+  nhwc = (0, n + 1) + tuple(range(1, n + 1))
+  channels_last = lax.ConvDimensionNumbers(nhwc, (n + 1, n) + tuple(range(n)), nhwc)
+  dilated = any(d != 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
+  if (any(s != 1 for s in window_strides) or dilated or feature_group_count != 1
+      or isinstance(padding, str) or numbers != channels_last):
+    raise ValueError('matmul_conv_general_dilated supports stride-1, undilated, ungrouped, channels-last '
+                     f'convolutions with explicit padding; got strides {window_strides}, lhs_dilation '
+                     f'{lhs_dilation}, rhs_dilation {rhs_dilation}, feature_group_count '
+                     f'{feature_group_count}, padding {padding!r}, dimension numbers {numbers}')
+  x = jnp.pad(lhs, ((0, 0), *map(tuple, padding), (0, 0)))
+  out = [x.shape[1 + i] - rhs.shape[i] + 1 for i in range(n)]
+  acc = jnp.promote_types(jnp.result_type(lhs, rhs), jnp.float32)
+  y = None
+  for offset in itertools.product(*map(range, rhs.shape[:n])):
+    window = x[(slice(None),) + tuple(slice(o, o + size) for o, size in zip(offset, out))]  # [N, *out, I]
+    term = jnp.einsum('...i,io->...o', window, rhs[offset], precision=precision,
+                      preferred_element_type=acc)
+    y = term if y is None else y + term
+  return y.astype(jnp.result_type(lhs, rhs))
+
+
 def conv(features: int, kernel_size: Sequence[int], *, strides: Sequence[int] | int = 1,
          padding: Sequence[tuple[int, int]] | str, use_bias: bool = True,
+         kernel_axes: KernelAxes = sharding.OUT_PROJ, by_matmuls: bool = False,
          dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32,
-         name: str | None = None) -> nn.Conv:
+         name: str | None = None) -> Conv:
   """A channels-last convolution; `padding` is explicit per spatial axis (never 'SAME').
 
-  The kernel is `[*kernel_size, in, out]` with logical axes `[None..., EMBED, MLP]`.
+  The kernel is `[*kernel_size, in, out]` with logical axes `[None..., *kernel_axes]` (the window
+  is never sharded); the bias `[out]` has the last of `kernel_axes`. `by_matmuls` computes it with
+  `matmul_conv_general_dilated` (stride 1 only).
   """
   window = (None,) * len(kernel_size)
-  return nn.Conv(
+  return Conv(
       features, tuple(kernel_size), strides=strides, padding=padding, use_bias=use_bias,
-      dtype=dtype, param_dtype=param_dtype, conv_general_dilated=conv_general_dilated,
-      kernel_init=nn.with_logical_partitioning(
-          nn.initializers.lecun_normal(), window + (sharding.EMBED, sharding.MLP)),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (sharding.MLP,)),
+      dtype=dtype, param_dtype=param_dtype, kernel_axes=tuple(kernel_axes),
+      conv_general_dilated=matmul_conv_general_dilated if by_matmuls else conv_general_dilated,
+      kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), window + tuple(kernel_axes)),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (kernel_axes[-1],)),
       name=name)
 
 
-def conv3x3(features: int, **kwargs) -> nn.Conv:
+def conv3x3(features: int, **kwargs) -> Conv:
   """3x3 convolution with symmetric padding 1 (torch `Conv2d(k=3, padding=1)`)."""
   return conv(features, (3, 3), padding=((1, 1), (1, 1)), **kwargs)
 
 
-def conv1x1(features: int, **kwargs) -> nn.Conv:
+def conv1x1(features: int, **kwargs) -> Conv:
   return conv(features, (1, 1), padding=((0, 0), (0, 0)), **kwargs)
+
+
+def temporal_conv(features: int, **kwargs) -> Conv:
+  """Convolution over the frames of `[B, F, H, W, C]`: kernel (3, 1, 1), zero padding 1 at both ends.
+
+  Computed by three matmuls over shifted frames (`by_matmuls`), not by a convolution. Frames are
+  sharded when B is smaller than the batch shards, and XLA's SPMD partitioner (jax 0.10.2, Shardy
+  and GSPMD alike) miscomputes a convolution whose input is sharded along a windowed axis on a
+  mesh with a further axis (data=2, fsdp=2, tensor=2: the value and input gradient with a sharded
+  kernel, the kernel gradient even with a replicated one; `tests/test_sharding.py`).
+  """
+  return conv(features, (3, 1, 1), padding=((1, 1), (0, 0), (0, 0)), by_matmuls=True, **kwargs)

@@ -10,6 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sa_jax import sharding
 from sa_jax.nn import linear
 from sa_jax.nn.norms import GroupNorm
 
@@ -34,10 +35,10 @@ class ResnetBlock(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
-  def _conv(self, name: str) -> nn.Conv:
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+  def _conv(self, name: str, kernel_axes: linear.KernelAxes = sharding.OUT_PROJ) -> nn.Conv:
+    kw = dict(kernel_axes=kernel_axes, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
     if self.temporal:
-      return linear.conv(self.out_channels, (3, 1, 1), padding=((1, 1), (0, 0), (0, 0)), **kw)
+      return linear.temporal_conv(self.out_channels, **kw)
     return linear.conv3x3(self.out_channels, **kw)
 
   @nn.compact
@@ -50,10 +51,10 @@ class ResnetBlock(nn.Module):
     """
     norm = lambda name: GroupNorm(self.epsilon, dtype=self.dtype, param_dtype=self.param_dtype,
                                   name=name)
-    h = self._conv('conv1')(nn.silu(norm('norm1')(x)))
+    h = self._conv('conv1', sharding.IN_PROJ)(nn.silu(norm('norm1')(x)))
     if temb is not None:
-      t = linear.dense(self.out_channels, dtype=self.dtype, param_dtype=self.param_dtype,
-                       name='time_emb_proj')(nn.silu(temb))
+      t = linear.dense(self.out_channels, kernel_axes=sharding.IN_PROJ, dtype=self.dtype,
+                       param_dtype=self.param_dtype, name='time_emb_proj')(nn.silu(temb))
       h = h + t[..., None, None, :]
     h = self._conv('conv2')(nn.silu(norm('norm2')(h)))
     if x.shape[-1] != self.out_channels:

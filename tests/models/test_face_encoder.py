@@ -68,8 +68,11 @@ def test_rejects_mismatched_inputs(tiny):
 def test_from_dict():
   release = face_encoder.FaceEncoderConfig.from_dict(svd_xt.get_config().face_encoder.to_dict())
   assert release == face_encoder.FaceEncoderConfig()
-  derived = face_encoder.FaceEncoderConfig.from_dict({'cross_attention_dim': 768, 'unknown': 1})
+  derived = face_encoder.FaceEncoderConfig.from_dict({'cross_attention_dim': 768})
   assert derived.heads == 12
+  with pytest.raises(ValueError, match=r"unknown keys \['dim_heads', 'unknown'\]; allowed keys "
+                                       r"are \[.*'dim_head'"):
+    face_encoder.FaceEncoderConfig.from_dict({'cross_attention_dim': 768, 'unknown': 1, 'dim_heads': 64})
 
 
 def test_full_size_parameter_count():

@@ -70,6 +70,9 @@ def test_config_from_dict():
   assert iresnet.IResNetConfig.from_dict({'layers': 'r50'}).layers == (3, 4, 14, 3)
   with pytest.raises(ValueError, match='4 positive block counts'):
     iresnet.IResNetConfig.from_dict({'layers': [2, 2, 2]})
+  with pytest.raises(ValueError, match=r"unknown keys \['fp16'\]; allowed keys are "
+                                       r"\['layers', 'num_features'\]"):
+    iresnet.IResNetConfig.from_dict({'layers': 'r50', 'fp16': False})
 
 
 def test_r100_parameter_count():

@@ -53,9 +53,11 @@ def test_rejects_wrong_channels(tiny):
     apply({'params': params}, poses[..., :2])
 
 
-def test_from_dict_ignores_unknown_keys():
-  config = pose_net.PoseNetConfig.from_dict({'noise_latent_channels': 320, '_class_name': 'PoseNet'})
-  assert config == pose_net.PoseNetConfig(320)
+def test_from_dict_rejects_unknown_keys():
+  assert pose_net.PoseNetConfig.from_dict({'noise_latent_channels': 320}) == pose_net.PoseNetConfig(320)
+  with pytest.raises(ValueError, match=r"unknown keys \['noise_latent_channel'\]; allowed keys are "
+                     r"\['noise_latent_channels'\]"):
+    pose_net.PoseNetConfig.from_dict({'noise_latent_channel': 320})
 
 
 def test_full_size_parameter_count():

@@ -51,3 +51,30 @@ def test_conv_refuses_what_it_does_not_implement():
   with pytest.raises(ValueError, match='rhs_dilation'):
     linear.conv_general_dilated(x, k, (1, 1), ((1, 1), (1, 1)), rhs_dilation=(2, 2),
                                 dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+@pytest.mark.parametrize('x_shape, k_shape, padding, numbers', [
+    ((2, 6, 4, 4, 3), (3, 1, 1, 3, 5), ((1, 1), (0, 0), (0, 0)), ('NDHWC', 'DHWIO', 'NDHWC')),
+    ((2, 9, 10, 5), (3, 3, 5, 7), ((1, 1), (0, 2)), ('NHWC', 'HWIO', 'NHWC')),
+])
+def test_matmul_conv_matches_lax_in_value_and_gradients(x_shape, k_shape, padding, numbers):
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal(x_shape), jnp.float32)
+  k = jnp.asarray(rng.standard_normal(k_shape), jnp.float32)
+  dn = lax.conv_dimension_numbers(x_shape, k_shape, numbers)
+  strides = (1,) * (len(x_shape) - 2)
+  loss = lambda conv: lambda x, k: jnp.sum(jnp.sin(conv(x, k, strides, padding, dimension_numbers=dn)))
+  ours, theirs = loss(linear.matmul_conv_general_dilated), loss(lax.conv_general_dilated)
+  np.testing.assert_allclose(ours(x, k), theirs(x, k), rtol=1e-5)
+  for got, want in zip(jax.grad(ours, (0, 1))(x, k), jax.grad(theirs, (0, 1))(x, k)):
+    # Other summation order: float32 rounding of sums whose terms reach max|want|.
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * float(jnp.abs(want).max()))
+
+
+def test_matmul_conv_keeps_low_precision_dtype_and_refuses_strides():
+  x, k = jnp.ones((1, 4, 4, 2), jnp.bfloat16), jnp.ones((3, 3, 2, 2), jnp.bfloat16)
+  dn = ('NHWC', 'HWIO', 'NHWC')
+  y = linear.matmul_conv_general_dilated(x, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=dn)
+  assert y.dtype == jnp.bfloat16 and float(y[0, 1, 1, 0]) == 18.0
+  with pytest.raises(ValueError, match=r'strides \(2, 1\)'):
+    linear.matmul_conv_general_dilated(x, k, (2, 1), ((1, 1), (1, 1)), dimension_numbers=dn)

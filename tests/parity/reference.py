@@ -58,9 +58,12 @@ def cases(kind: str) -> list[Case]:
   return found
 
 
-def assert_close(actual: Any, expected: np.ndarray, atol: float, rtol: float = 0.0,
+def assert_close(actual: Any, expected: np.ndarray, atol: Any, rtol: Any = 0.0,
                  name: str = '') -> tuple[float, float]:
-  """Asserts `|a - e| <= atol + rtol |e|` elementwise; returns (max abs err, max rel err)."""
+  """Asserts `|a - e| <= atol + rtol |e|` elementwise; returns (max abs err, max rel err).
+
+  `atol` and `rtol` are scalars or arrays broadcasting against `expected` (elementwise bounds).
+  """
   actual = np.asarray(actual, np.float64)
   expected = np.asarray(expected, np.float64)
   if actual.shape != expected.shape:
@@ -68,8 +71,18 @@ def assert_close(actual: Any, expected: np.ndarray, atol: float, rtol: float = 0
   err = np.abs(actual - expected)
   max_abs = float(err.max(initial=0.0))
   max_rel = max_abs / max(float(np.abs(expected).max(initial=0.0)), 1e-30)
-  bad = err > atol + rtol * np.abs(expected)
+  bound = np.asarray(atol, np.float64) + np.asarray(rtol, np.float64) * np.abs(expected)
+  bad = err > bound
   if bad.any():
-    raise AssertionError(f'{name}: {int(bad.sum())}/{bad.size} elements off; max abs err {max_abs:.3g} '
-                         f'(atol {atol:g}, rtol {rtol:g}), max abs err / max |ref| {max_rel:.3g}')
+    worst = np.unravel_index(np.argmax(np.where(bad, err - bound, -np.inf)), err.shape)
+    raise AssertionError(f'{name}: {int(bad.sum())}/{bad.size} elements off; max abs err {max_abs:.3g}, '
+                         f'worst excess {err[worst]:.3g} > bound {bound[worst]:.3g} at {worst}, '
+                         f'max abs err / max |ref| {max_rel:.3g}')
   return max_abs, max_rel
+
+
+def config_fields(config_class: type, config: Mapping[str, Any]) -> dict[str, Any]:
+  """The entries of a case's `config` that `config_class` has fields for; a case also describes
+  the reference module (e.g. the IResNet's fixed `widths`, `fp16`), which our strict configs refuse."""
+  names = {f.name for f in dataclasses.fields(config_class)}
+  return {k: v for k, v in config.items() if k in names}

@@ -1,7 +1,11 @@
 """sa-animate end to end (demo model and a converted checkpoint) and its input checks."""
 
 import json
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import imageio_ffmpeg
 import numpy as np
@@ -13,6 +17,7 @@ from sa_jax import animate
 from sa_jax.checkpoint import CheckpointConfig
 from tools import animate as animate_tool
 
+ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = animate.SAMPLE_DIR
 FRAMES = len(list((SAMPLE / 'poses').glob('*.png')))
 
@@ -34,7 +39,7 @@ def test_demo_animates_the_bundled_sample(tmp_path, caplog):
   animate_tool.main(['--out', str(out), '--steps', '2'])
   assert 'DEMO model' in caplog.text
   _check_outputs(out, FRAMES, Image.open(SAMPLE / 'reference.png').size)
-  with pytest.raises(FileExistsError, match='--overwrite'):
+  with pytest.raises(SystemExit, match='sa-animate: error: outputs exist: .*--overwrite'):
     animate_tool.main(['--out', str(out), '--steps', '2'])
 
 
@@ -184,3 +189,38 @@ def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
   assert list(tmp_path.iterdir()) == []
   with pytest.raises(ValueError, match='must end in .mp4'):
     animate.write_outputs(frames, tmp_path / 'video.avi', fps=7)
+
+
+@pytest.mark.heavy
+def test_mesh_run_matches_one_device(checkpoint_dir, tmp_path):
+  """sa-animate --mesh data=2,fsdp=4 (8 simulated devices) loads the checkpoint into its shardings
+  and gives the frames of a one-device run."""
+  width, height = Image.open(SAMPLE / 'reference.png').size
+  common = ['--checkpoint', str(checkpoint_dir), '--input', str(SAMPLE), str(SAMPLE.parent / 'sample'),
+            '--steps', '2', '--width', str(width), '--height', str(height), '--no-compile-cache']
+  with pytest.raises(SystemExit, match='share names'):
+    animate_tool.main(common + ['--out', str(tmp_path / 'never')])
+  common = common[:3] + [str(SAMPLE)] + common[5:]
+  animate_tool.main(common + ['--out', str(tmp_path / 'one.mp4')])
+  animate_tool.main(common + ['--out', str(tmp_path / 'mesh.mp4'), '--mesh', 'data=2,fsdp=4'])
+  for i in range(FRAMES):
+    one, mesh = (np.asarray(Image.open(tmp_path / f'{n}_frames' / f'frame_{i}.png'), np.int16)
+                 for n in ('one', 'mesh'))
+    # Sharded reductions sum in another order (float32): within one uint8 level.
+    assert np.abs(one - mesh).max() <= 1, f'frame {i}'
+
+
+@pytest.mark.heavy
+def test_second_process_compiles_nothing(tmp_path):
+  """With the persistent compilation cache, a second sa-animate process of the same size loads
+  every program from the cache (JAX's compile log shows hits and no miss)."""
+  cache = tmp_path / 'cache'
+  command = [sys.executable, '-m', 'tools.animate', '--out', str(tmp_path / 'demo.mp4'), '--overwrite', '--steps', '2',
+             f'--config.io.compile_cache_dir={cache}']
+  env = {**os.environ, 'JAX_LOG_COMPILES': '1', 'JAX_EXPLAIN_CACHE_MISSES': '1', 'XLA_FLAGS': ''}
+  first = subprocess.run(command, env=env, capture_output=True, text=True, check=True, cwd=ROOT)
+  assert 'PERSISTENT COMPILATION CACHE MISS' in first.stderr and any(cache.iterdir())
+  second = subprocess.run(command, env=env, capture_output=True, text=True, check=True, cwd=ROOT)
+  assert "cache hit for 'jit_denoise'" in second.stderr
+  assert 'PERSISTENT COMPILATION CACHE MISS' not in second.stderr, [
+      line for line in second.stderr.splitlines() if 'MISS' in line][:5]
