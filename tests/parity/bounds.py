@@ -87,31 +87,32 @@ def _f64(x):
 def scale_model_input_rtol() -> float:
   """`x / sqrt(sigma^2 + 1)`, relative to the result.
 
-  Per implementation: sigma^2 (1/2), +1 (1), sqrt (half its argument's error + 1/2), the divide
-  (1/2, or 1 as reciprocal-multiply): <= 2 EPS32 relative; two implementations 4 EPS32.
+  In units of one rounding u = EPS32/2, per implementation: sigma^2 (u), +1 (2u accumulated), the
+  square root (half its argument's error plus one ulp, allowing `** 0.5` as pow: 3u), the divide
+  (2u as reciprocal-multiply): <= 5u; two implementations 10u = 5 EPS32.
   """
-  return 4 * EPS32
+  return 5 * EPS32
 
 
 def predict_x0_bound(v, x, sigma) -> np.ndarray:
   """Elementwise bound on two float32 evaluations of `v * (-s / sqrt(s^2+1)) + x / (s^2+1)`.
 
-  Relative errors per implementation: c_out = -s / sqrt(s^2+1) <= 2 EPS32 (sigma^2, +1, sqrt,
-  divide as reciprocal-multiply), v * c_out adds 1/2; x / (s^2+1) <= 2; the final add 1/2 of the
-  operand magnitudes. So <= 3 EPS32 (|v c_out| + |x c_in|), 6 EPS32 (...) for two.
+  Relative errors per implementation in u = EPS32/2 (as in `scale_model_input_rtol`): the root 3u,
+  c_out = -s / root 5u, a = v c_out 6u; s^2 + 1 2u, b = x / (s^2 + 1) 4u; the final add rounds
+  its operands (u (|a| + |b|)). So <= 7u (|a| + |b|), 7 EPS32 (|a| + |b|) for two implementations.
   """
   s = float(sigma)
   a = np.abs(_f64(v)) * s / math.sqrt(s * s + 1.0)
   b = np.abs(_f64(x)) / (s * s + 1.0)
-  return 6 * EPS32 * (a + b)
+  return 7 * EPS32 * (a + b)
 
 
 def euler_step_bound(x, x0, sigma, sigma_next, x0_bound=0.0) -> np.ndarray:
   """Elementwise bound on two float32 evaluations of `x + (x - x0) / s * (s' - s)`.
 
-  With t = (x - x0) (s' - s) / s, per implementation: x - x0 (1/2 of |x - x0|), / s (1, as
-  reciprocal-multiply), s' - s (1/2), the product (1/2) give <= 2.5 EPS32 |t|; the final add rounds
-  its operands x and t (1/2 (|x| + |t|)). So <= EPS32 (|x| + 6 |t|) for two implementations: the
+  With t = (x - x0) (s' - s) / s, per implementation in u = EPS32/2: x - x0 (u), / s (2u as
+  reciprocal-multiply), s' - s (u), the product (u) give <= 5u |t|; the final add rounds its
+  operands x and t (u (|x| + |t|)). So <= EPS32 (|x| + 6 |t|) for two implementations: the
   error scales with the inputs |x|, |x0| and the ratio |s' - s| / s, not with the result, which at
   s ~ 700 is the small remainder of x + t ~ x - 0.9 x. A difference `x0_bound` already present in
   x0 reaches the result with weight |s' - s| / s (<= 1).
@@ -164,6 +165,9 @@ def training_sigma_rtol(u, image_d=64.0, noise_d_low=32.0, noise_d_high=64.0, si
 # Adam (HJB face correction).
 # ---------------------------------------------------------------------------------------------
 
+ADAM_EPS = 1e-8                  # torch Adam's default eps (reference/README.md: default betas/eps)
+
+
 def adam_step_bound(k: int, b1: float = 0.9, b2: float = 0.999) -> float:
   """Bound on |m_hat / sqrt(v_hat)| at Adam iteration k (1-based), whatever the gradients.
 
@@ -178,16 +182,24 @@ def adam_step_bound(k: int, b1: float = 0.9, b2: float = 0.999) -> float:
   return (1 - b1) / (1 - b1 ** k) * math.sqrt((1 - b2 ** k) / (1 - b2)) * math.sqrt(geometric)
 
 
-def adam_flip_weight(grad, grad_atol: float) -> np.ndarray:
+def adam_flip_weight(grad, grad_atol: float, first: bool = False) -> np.ndarray:
   """Elementwise share of one Adam iteration's full swing (2 lr) two implementations may differ by.
 
   An element whose recorded gradient is within the gradient's rounding error `grad_atol` may get
-  the opposite sign (Adam moves it by ~lr either way: weight 1). Elsewhere the signs agree and the
-  update m_hat / sqrt(v_hat) is homogeneous of degree 0 in the gradients, so a relative gradient
-  error grad_atol / |g| changes it by at most about that fraction.
+  the opposite sign (Adam moves it by ~lr either way: weight 1). Elsewhere the signs agree. At the
+  first iteration the update is g / (|g| + eps): two gradients of one sign within grad_atol give
+  updates within eps grad_atol / (|g| (|g| - grad_atol)). Later the update m_hat / sqrt(v_hat) is
+  homogeneous of degree 0 in the gradients, so a relative gradient error grad_atol / |g| changes
+  it by at most about that fraction.
   """
   g = np.abs(_f64(grad))
-  return np.minimum(1.0, grad_atol / np.maximum(g, 1e-300))
+  flip = g <= grad_atol
+  g = np.where(flip, 1.0, g)                       # placeholder where the weight is 1 anyway
+  if first:
+    other = ADAM_EPS * grad_atol / (2 * g * (g - grad_atol + 1e-300))
+  else:
+    other = grad_atol / g
+  return np.where(flip, 1.0, np.minimum(1.0, other))
 
 
 def refine_bound(lr: float, grads, grad_atol: float) -> np.ndarray:
@@ -199,7 +211,7 @@ def refine_bound(lr: float, grads, grad_atol: float) -> np.ndarray:
   its full swing 2 lr `adam_step_bound(k)`. `grads`: the recorded gradients `[iterations, ...]`.
   """
   grads = np.asarray(grads)
-  bound = 2 * lr * adam_step_bound(1) * adam_flip_weight(grads[0], grad_atol)
+  bound = 2 * lr * adam_step_bound(1) * adam_flip_weight(grads[0], grad_atol, first=True)
   return bound + 2 * lr * sum(adam_step_bound(k) for k in range(2, grads.shape[0] + 1))
 
 
@@ -211,7 +223,7 @@ def refine_mean_bound(lr: float, grads, grad_atols) -> float:
   only elements whose gradient is rounding-dominated swing the full 2 lr, the rest by their
   relative gradient uncertainty.
   """
-  return float(sum(2 * lr * adam_step_bound(k + 1) * adam_flip_weight(g, a).mean()
+  return float(sum(2 * lr * adam_step_bound(k + 1) * adam_flip_weight(g, a, first=k == 0).mean()
                    for k, (g, a) in enumerate(zip(grads, grad_atols))))
 
 

@@ -74,7 +74,7 @@ def assert_close(actual: Any, expected: np.ndarray, atol: Any, rtol: Any = 0.0,
   bound = np.asarray(atol, np.float64) + np.asarray(rtol, np.float64) * np.abs(expected)
   bad = err > bound
   if bad.any():
-    worst = np.unravel_index(np.argmax(np.where(bad, err - bound, -np.inf)), err.shape)
+    worst = tuple(int(i) for i in np.unravel_index(np.argmax(np.where(bad, err - bound, -np.inf)), err.shape))
     raise AssertionError(f'{name}: {int(bad.sum())}/{bad.size} elements off; max abs err {max_abs:.3g}, '
                          f'worst excess {err[worst]:.3g} > bound {bound[worst]:.3g} at {worst}, '
                          f'max abs err / max |ref| {max_rel:.3g}')
