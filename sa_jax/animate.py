@@ -29,7 +29,7 @@ from flax import traverse_util
 from jax.sharding import Mesh
 from PIL import Image
 
-from sa_jax import checkpoint, sharding
+from sa_jax import checkpoint, diffusion, sharding
 from sa_jax.checkpoint import CheckpointConfig
 from sa_jax.models import random_init, stable_animator
 from sa_jax.models.stable_animator import ModelConfigs
@@ -73,8 +73,7 @@ class Inputs:
   @property
   def name(self) -> str:
     """The case's name: its folder's, else its reference photo's stem."""
-    source = self.folder if self.folder is not None else self.reference
-    return Path(source).resolve().name if self.folder is not None else Path(source).stem
+    return Path(self.folder).resolve().name if self.folder is not None else Path(self.reference).stem
 
 
 def find_cases(paths: Sequence[str | os.PathLike]) -> list[Path]:
@@ -205,7 +204,7 @@ def demo_model() -> tuple[dict[str, Any], CheckpointConfig]:
   models = ModelConfigs.from_dict(svd_xt.get_config('tiny').to_dict())
   params = {name: random_init.random_params(stable_animator.BY_NAME[name].abstract_params(getattr(models, name)),
                                             DEMO_SEED + i) for i, name in enumerate(models.names)}
-  return params, CheckpointConfig(models=models, scheduler=pipeline.diffusion.ScheduleConfig(),
+  return params, CheckpointConfig(models=models, scheduler=diffusion.ScheduleConfig(),
                                   source='demo: tiny config, random weights')
 
 
@@ -257,6 +256,20 @@ def enable_compile_cache(run: Any) -> Path | None:
   return folder
 
 
+def check_run(run: Any) -> None:
+  """Run settings a run cannot start with, each named with the value received and the one expected."""
+  at_least = {'sampler.num_steps': 1, 'sampler.tile_size': 1, 'sampler.tile_overlap': 0,
+              'sampler.decode_chunk_size': 1, 'sampler.unet_batch_size': 1, 'sampler.query_chunk_size': 1,
+              'conditioning.fps': 1, 'io.width': 0, 'io.height': 0, 'io.num_frames': 0, 'io.batch_size': 1,
+              'hjb.start': 0, 'hjb.iterations': 1}
+  for field, low in at_least.items():
+    section, key = field.split('.')
+    value = run[section][key]
+    if value is not None and value < low:
+      raise ValueError(f'{field} is {value}; expected >= {low}')
+  _dtype(run.sampler.dtype)
+
+
 def check_model(params: Mapping[str, Any], config: CheckpointConfig, run: Any) -> None:
   """The parameters fit the config and hold what the run needs."""
   check_params(params, config.models)
@@ -266,10 +279,9 @@ def check_model(params: Mapping[str, Any], config: CheckpointConfig, run: Any) -
 
 
 def _on_device(params: Mapping[str, Any], dtype: str, shardings: Mapping[str, Any] | None) -> dict[str, Any]:
+  """Params in the compute dtype, on their shardings when given (a no-op for arrays already there)."""
   cast = lambda tree: jax.tree.map(lambda x: jnp.asarray(x, _dtype(dtype)), tree)
-  if shardings is None:
-    return {n: cast(t) for n, t in params.items()}
-  return {n: jax.device_put(cast(t), shardings[n]) if n in shardings else t for n, t in params.items()}
+  return {n: jax.device_put(cast(t), None if shardings is None else shardings[n]) for n, t in params.items()}
 
 
 def animate(params: Mapping[str, Any], config: CheckpointConfig, inputs: Inputs, run: Any,
@@ -297,9 +309,8 @@ def animate_cases(params: Mapping[str, Any], config: CheckpointConfig, cases: Se
   Params are placed on the mesh's shardings (when there is one) unless they already are.
   """
   check_model(params, config, run)
+  check_run(run)
   batch_size = run.io.batch_size
-  if batch_size < 1:
-    raise ValueError(f'batch_size must be >= 1, got {batch_size}')
   requests: dict[int, pipeline.Request] = {}
   for index, inputs in enumerate(cases):
     try:

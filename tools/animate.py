@@ -154,6 +154,7 @@ def _main(argv: Sequence[str]) -> None:
   else:
     outs = [out / f'{c.name}.mp4' for c in cases]
   animate.check_outputs(outs, args.overwrite)
+  animate.check_run(run)
 
   cache = animate.enable_compile_cache(run)
   if cache:

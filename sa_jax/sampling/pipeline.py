@@ -22,7 +22,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from sa_jax import diffusion, sharding
 from sa_jax.checkpoint import CheckpointConfig
-from sa_jax.models import stable_animator
+from sa_jax.models import stable_animator, vae
 from sa_jax.models.stable_animator import ModelConfigs
 from sa_jax.sampling import sampler, tiling
 
@@ -92,7 +92,7 @@ class Outputs(NamedTuple):
   trajectory: sampler.Trajectory | None
 
 
-NEEDS = ('unet', 'vae', 'image_encoder', 'pose_net', 'face_encoder')   # + face_embedder for HJB
+NEEDS = tuple(n.name for n in stable_animator.NETWORKS if n.required)   # + face_embedder for HJB
 
 
 def param_shardings(models: ModelConfigs, names: Sequence[str], mesh: Mesh,
@@ -112,7 +112,7 @@ def initial_latents(noise: jax.Array, num_frames: int, scheduler: diffusion.Sche
 def decode_video(params: Any, vae_config: Any, latents: jax.Array, decode_chunk_size: int,
                  dtype: Dtype = jnp.float32) -> tuple[jax.Array, jax.Array]:
   """Scaled latents `[B, F, h, w, 4]` -> (decoded `[B, F, H, W, 3]` in about [-1, 1], uint8 frames)."""
-  decode = lambda z: stable_animator.vae.decode(params, vae_config, z, decode_chunk_size, dtype=dtype)
+  decode = lambda z: vae.decode(params, vae_config, z, decode_chunk_size, dtype=dtype)
   decoded = jax.vmap(decode)(latents).astype(jnp.float32)
   frames = jnp.round(jnp.clip(decoded / 2 + 0.5, 0.0, 1.0) * 255.0).astype(jnp.uint8)
   return decoded, frames

@@ -13,8 +13,9 @@ import pytest
 from PIL import Image
 
 from configs import animate as animate_config
-from sa_jax import animate
+from sa_jax import animate, diffusion
 from sa_jax.checkpoint import CheckpointConfig
+from sa_jax.sampling import sampler
 from tools import animate as animate_tool
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -140,10 +141,9 @@ def test_config_overrides_and_short_flags_set_the_same_fields():
   run = animate_tool.run_config(animate_tool.DEFAULT_CONFIG, ['--config.sampler.num_steps=7',
                                                               '--config.sampler.min_guidance=1.5'])
   assert run.sampler.num_steps == 7 and run.sampler.min_guidance == 1.5
-  config = animate.sampler.SamplerConfig.from_config(run, animate.pipeline.diffusion.ScheduleConfig(), 3)
+  config = sampler.SamplerConfig.from_config(run, diffusion.ScheduleConfig(), 3)
   assert (config.min_guidance, config.max_guidance, config.tile_size, config.tile_overlap) == (1.5, 3.0, 3, 2)
-  default = animate.sampler.SamplerConfig.from_config(animate_config.get_config(),
-                                                      animate.pipeline.diffusion.ScheduleConfig(), 30)
+  default = sampler.SamplerConfig.from_config(animate_config.get_config(), diffusion.ScheduleConfig(), 30)
   assert default.min_guidance == default.max_guidance, 'min guidance defaults to the guidance (no ramp)'
 
 
@@ -171,7 +171,7 @@ def test_batched_cases_equal_one_at_a_time(demo, tmp_path):
       'different face embeddings must give different videos'
   out = tmp_path / 'out'
   animate_tool.main(['--input', str(first), str(second), '--out', str(out), '--steps', '2', '--batch-size', '2',
-                     '--no-compile-cache'])
+                     '--width', '0', '--height', '0', '--no-compile-cache'])      # 0: the sample's own size
   for name in ('a', 'b'):
     _check_outputs(out / f'{name}.mp4', FRAMES, Image.open(SAMPLE / 'reference.png').size)
 
@@ -224,3 +224,14 @@ def test_second_process_compiles_nothing(tmp_path):
   assert "cache hit for 'jit_denoise'" in second.stderr
   assert 'PERSISTENT COMPILATION CACHE MISS' not in second.stderr, [
       line for line in second.stderr.splitlines() if 'MISS' in line][:5]
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--batch-size', '0'], 'io.batch_size is 0; expected >= 1'),
+    (['--steps', '0'], 'sampler.num_steps is 0; expected >= 1'),
+    (['--dtype', 'float16'], "dtype 'float16'"),
+])
+def test_bad_run_settings_fail_before_any_work(tmp_path, flags, message):
+  with pytest.raises(SystemExit, match=f'sa-animate: error: {message}'):
+    animate_tool.main(['--out', str(tmp_path / 'x.mp4'), '--no-compile-cache', *flags])
+  assert not any(tmp_path.iterdir())
