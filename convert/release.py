@@ -50,8 +50,7 @@ class Converter(NamedTuple):
 CONVERTERS: Mapping[str, Converter] = {
     'unet': Converter(convert_unet.load_unet, convert_unet.export_unet),
     'vae': Converter(convert_vae.load_vae, convert_vae.export_vae),
-    'image_encoder': Converter(lambda path, config, dtype: convert_clip.load_image_encoder(path, config, dtype),
-                               convert_clip.export_image_encoder),
+    'image_encoder': Converter(convert_clip.load_image_encoder, convert_clip.export_image_encoder),
     'pose_net': Converter(convert_pose_net.load_pose_net, convert_pose_net.export_pose_net),
     'face_encoder': Converter(convert_face_encoder.load_face_encoder, convert_face_encoder.export_face_encoder),
     'face_embedder': Converter(convert_iresnet.load_face_embedder, convert_iresnet.export_face_embedder),
