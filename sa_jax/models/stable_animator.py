@@ -204,9 +204,11 @@ def reference_posterior(params: Any, configs: ModelConfigs, images: jax.Array, n
 
 def pose_features(params: Any, configs: ModelConfigs, poses: jax.Array, dtype: Dtype = jnp.float32
                   ) -> jax.Array:
-  """`[B, F, H, W, 3]` uint8 pose images -> `[B, F, h, w, C0]` PoseNet features."""
+  """`[B, F, H, W, 3]` pose images, uint8 (mapped by `/127.5 - 1`) or floating in [-1, 1], ->
+  `[B, F, h, w, C0]` PoseNet features."""
   b, f = poses.shape[:2]
-  x = jnp.asarray(poses, jnp.float32) / 127.5 - 1.0
+  poses = jnp.asarray(poses)
+  x = poses.astype(jnp.float32) / 127.5 - 1.0 if jnp.issubdtype(poses.dtype, jnp.integer) else poses
   features = pose_net.PoseNet(configs.pose_net, dtype=dtype).apply({'params': params['pose_net']}, x)
   return features.reshape((b, f) + features.shape[1:])       # [BF, h, w, C0] -> [B, F, h, w, C0]
 

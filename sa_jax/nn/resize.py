@@ -11,6 +11,8 @@
     `F.interpolate(mode='bilinear', align_corners=False, antialias=False)` (HJB face crops). Boxes
     are data (traced arrays): one compiled program serves any boxes; gathers keep it differentiable
     with respect to the images.
+  * `nearest_legacy`: torch `F.interpolate(mode='nearest')` (the training loss's face-mask resize):
+    output pixel `i` reads source `floor(i * in / out)`, the top-left sample of each block.
 """
 
 from collections.abc import Sequence
@@ -180,3 +182,24 @@ def crop_resize_bilinear(images: jax.Array, boxes: jax.Array, size: int | Sequen
             + jnp.take(cols, y1, axis=0, mode='clip') * wy)         # [H, w, C] -> [h, w, C]
 
   return jax.vmap(one)(images, y0, y1, wy, x0, x1, wx)
+
+
+def _legacy_nearest_index(n_in: int, n_out: int) -> np.ndarray:
+  """torch's legacy nearest source indices `min(floor(i * (in / out)), in - 1)`, scale in float32."""
+  scale = np.float32(n_in) / np.float32(n_out)
+  return np.minimum(np.floor(np.arange(n_out, dtype=np.float32) * scale).astype(np.int64), n_in - 1)
+
+
+def nearest_legacy(images: jax.Array, size: int | Sequence[int]) -> jax.Array:
+  """torch `F.interpolate(images, size, mode='nearest')` on `[..., H, W, C]` -> `[..., h, w, C]` (SPEC §7.10).
+
+  Not the half-pixel-centre rule of `jax.image.resize`: for an 8x downsample it keeps pixel
+  `(8i, 8j)` of each block.
+  """
+  if images.ndim < 3:
+    raise ValueError(f'nearest_legacy expects [..., H, W, C] images, got shape {images.shape}')
+  out_h, out_w = _size_pair(size, 'size')
+  in_h, in_w = images.shape[-3:-1]
+  rows = jnp.asarray(_legacy_nearest_index(in_h, out_h))
+  cols = jnp.asarray(_legacy_nearest_index(in_w, out_w))
+  return jnp.take(jnp.take(images, rows, axis=-3), cols, axis=-2)
