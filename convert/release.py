@@ -9,16 +9,19 @@ Release layout (paths can also be given one by one):
 
 The UNet, VAE and CLIP configs come from the diffusers folder; PoseNet, FusionFaceId and the
 IResNet have no config file in the release, so theirs are read off the shapes of their weights.
+`export_release` writes trained params back as the release's three `.pth` files (`TRAINED_FILES`).
 """
 
 import dataclasses
 import logging
 import os
 import re
+import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import jax
 import numpy as np
 
 from convert import clip as convert_clip
@@ -30,7 +33,7 @@ from convert import unet as convert_unet
 from convert import vae as convert_vae
 from sa_jax import diffusion
 from sa_jax.checkpoint import CheckpointConfig
-from sa_jax.models.stable_animator import BY_NAME, ModelConfigs
+from sa_jax.models.stable_animator import BY_NAME, NETWORKS, ModelConfigs
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +61,10 @@ CONVERTERS: Mapping[str, Converter] = {
 if set(CONVERTERS) != set(BY_NAME):
   raise ImportError(f'convert.release.CONVERTERS {sorted(CONVERTERS)} must cover the networks of '
                     f'sa_jax.models.stable_animator.NETWORKS {sorted(BY_NAME)}')
+
+# The networks StableAnimator fine-tunes -> their file in the release's `Animation/` folder.
+TRAINED_FILES: Mapping[str, str] = {n.name: f'{n.name}.pth' for n in NETWORKS if n.trained}
+EXPORT_DTYPES = ('float32', 'float16', 'bfloat16')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,8 +99,7 @@ class ReleasePaths:
     svd, animation = Path(svd), Path(animation)
     optional = lambda p: p if p.exists() else None
     return cls(unet_config=svd / 'unet', vae=svd / 'vae', image_encoder=svd / 'image_encoder',
-               unet=animation / 'unet.pth', pose_net=animation / 'pose_net.pth',
-               face_encoder=animation / 'face_encoder.pth',
+               **{name: animation / file for name, file in TRAINED_FILES.items()},
                face_embedder=Path(face_embedder) if face_embedder else optional(animation / 'glintr100_torch.pth'),
                scheduler=optional(svd / 'scheduler'), feature_extractor=optional(svd / 'feature_extractor'))
 
@@ -196,3 +202,61 @@ def convert_release(paths: ReleasePaths, dtype: Any = np.float32,
       image_std=tuple(std), dtype=np.dtype(dtype).name,
       source={k: str(v) for k, v in dataclasses.asdict(paths).items() if v is not None})
   return params, config
+
+
+def _to_torch(torch: Any, array: np.ndarray) -> Any:
+  """numpy -> torch tensor sharing its memory; bfloat16 goes through its 16-bit pattern."""
+  if array.dtype.name == 'bfloat16':  # torch.from_numpy knows no ml_dtypes.bfloat16
+    return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
+  return torch.from_numpy(array)
+
+
+def export_release(params: Mapping[str, Any], out_dir: str | os.PathLike, *, overwrite: bool = False,
+                   dtype: Any = np.float32) -> list[Path]:
+  """Writes the trained networks back as the release's `unet.pth`, `pose_net.pth`, `face_encoder.pth`.
+
+  Each file is a `torch.save`d state dict with the release's names and layouts, so `convert_release`
+  (and StableAnimator itself) reads it back strictly. All three are written to temporary names in
+  `out_dir` first and renamed into place only once every one is complete; on failure no partial
+  file is left. Multi-host callers must pass fully addressable (e.g. replicated) arrays.
+
+  Args:
+    params: network name -> Flax param tree (numpy or jax arrays); must hold every `TRAINED_FILES`
+      network, others are ignored.
+    out_dir: folder to write into (created if needed).
+    overwrite: replace existing files of those names (default: refuse).
+    dtype: tensor dtype of the files: float32, float16 or bfloat16 (numpy / ml_dtypes).
+  Returns:
+    The written paths, in `TRAINED_FILES` order.
+  Raises:
+    FileExistsError: naming the files that exist, unless `overwrite`.
+  """
+  try:
+    import torch
+  except ImportError as e:
+    raise ImportError(f'writing .pth files to {out_dir} needs PyTorch: pip install "sa-jax[torch]"') from e
+  missing = [name for name in TRAINED_FILES if name not in params]
+  if missing:
+    raise ValueError(f'params lack {missing}; export needs {list(TRAINED_FILES)}, got {sorted(params)}')
+  if np.dtype(dtype).name not in EXPORT_DTYPES:
+    raise ValueError(f'export dtype {np.dtype(dtype).name!r} is not one of {EXPORT_DTYPES}')
+  out_dir = Path(out_dir)
+  targets = {name: out_dir / file for name, file in TRAINED_FILES.items()}
+  existing = [str(p) for p in targets.values() if os.path.lexists(p)]
+  if existing and not overwrite:
+    raise FileExistsError(f'{", ".join(existing)} exist(s); pass overwrite=True to replace')
+  out_dir.mkdir(parents=True, exist_ok=True)
+  staged: dict[str, Path] = {}
+  try:
+    for name, target in targets.items():
+      tensors = CONVERTERS[name].export(jax.device_get(params[name]), dtype)
+      staged[name] = out_dir / f'.{target.name}.{uuid.uuid4().hex}.tmp'
+      with open(staged[name], 'xb') as f:
+        torch.save({key: _to_torch(torch, value) for key, value in tensors.items()}, f)
+      logger.info('exported %s (%d tensors)', target, len(tensors))
+    for name, target in targets.items():
+      os.replace(staged.pop(name), target)
+  finally:
+    for tmp in staged.values():
+      tmp.unlink(missing_ok=True)
+  return list(targets.values())

@@ -198,14 +198,20 @@ def check_params(params: Mapping[str, Any], models: ModelConfigs) -> None:
                      + '\n  '.join(problems[:50]))
 
 
+def demo_config() -> CheckpointConfig:
+  """The config of the bundled demo model (the tiny model configs)."""
+  from configs import svd_xt
+  return CheckpointConfig(models=ModelConfigs.from_dict(svd_xt.get_config('tiny').to_dict()),
+                          scheduler=diffusion.ScheduleConfig(), source='demo: tiny config, random weights')
+
+
 def demo_model() -> tuple[dict[str, Any], CheckpointConfig]:
   """The bundled demo model: the tiny config with seeded random weights (not a trained model)."""
-  from configs import svd_xt
-  models = ModelConfigs.from_dict(svd_xt.get_config('tiny').to_dict())
+  config = demo_config()
+  models = config.models
   params = {name: random_init.random_params(stable_animator.BY_NAME[name].abstract_params(getattr(models, name)),
                                             DEMO_SEED + i) for i, name in enumerate(models.names)}
-  return params, CheckpointConfig(models=models, scheduler=diffusion.ScheduleConfig(),
-                                  source='demo: tiny config, random weights')
+  return params, config
 
 
 def _dtype(name: str) -> Any:
@@ -243,11 +249,12 @@ def make_mesh(run: Any) -> Mesh | None:
   return sharding.make_mesh(sharding.parse_mesh_shape(run.mesh.shape))
 
 
-def enable_compile_cache(run: Any) -> Path | None:
-  """Turns on JAX's persistent compilation cache (`run.io.compile_cache`); returns its folder."""
-  if not run.io.compile_cache:
+def enable_compile_cache(enabled: bool, folder: str = '') -> Path | None:
+  """Turns on JAX's persistent compilation cache in `folder` ('': $XDG_CACHE_HOME/sa-jax/jax);
+  returns the folder, None when not `enabled`."""
+  if not enabled:
     return None
-  folder = Path(run.io.compile_cache_dir or Path(os.environ.get('XDG_CACHE_HOME', Path.home() / '.cache'))
+  folder = Path(folder or Path(os.environ.get('XDG_CACHE_HOME', Path.home() / '.cache'))
                 / 'sa-jax' / 'jax').expanduser()
   folder.mkdir(parents=True, exist_ok=True)
   jax.config.update('jax_compilation_cache_dir', str(folder))

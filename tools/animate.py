@@ -156,7 +156,7 @@ def _main(argv: Sequence[str]) -> None:
   animate.check_outputs(outs, args.overwrite)
   animate.check_run(run)
 
-  cache = animate.enable_compile_cache(run)
+  cache = animate.enable_compile_cache(run.io.compile_cache, run.io.compile_cache_dir)
   if cache:
     logger.info('compilation cache: %s', cache)
   mesh = animate.make_mesh(run)

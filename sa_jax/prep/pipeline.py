@@ -9,8 +9,12 @@ Output layout (read by `sa-animate`; `sa-train` reads images/poses/faces):
   OUT/poses/frame_<i>.png       skeletons: aligned at the reference size, unaligned at the frame size
   OUT/faces/frame_<i>.png       single-channel 0/255 face masks at the generation size W x H
   OUT/keypoints.json            detected (unaligned) keypoints, face boxes, sizes and the alignment
+  OUT/face_embeddings.npy       float32 [N, 512] (training data only) each frame's face embedding as the
+                                training loader computes it for a reference frame (SPEC §5): the frame
+                                resized to W x H (cv2 bilinear), largest face; zeros without a face
 
-The three reference files are absent when no reference is given (training data, `align=False`).
+The three reference files are absent when no reference is given (training data, `align=False`);
+`face_embeddings.npy` is written only then.
 OUT is built in a hidden sibling folder and renamed into place only when everything succeeded.
 """
 
@@ -103,7 +107,8 @@ def prepare(out: str | os.PathLike, *, reference: str | os.PathLike | None = Non
         record['reference']['source'] = Path(reference).name
         if config.align:
           check_reference(reference_pose)
-      poses, record['frames'] = _prepare_frames(folder, source, estimator, app, config)
+      poses, record['frames'] = _prepare_frames(folder, source, estimator, app, config,
+                                                training=reference_image is None)
       alignment = None
       if config.align:
         alignment = fit_alignment(reference_pose, poses, config.aspect_correct)
@@ -165,12 +170,14 @@ def _prepare_reference(folder: Path, image: np.ndarray, estimator: PoseEstimator
 
 
 def _prepare_frames(folder: Path, source: Iterator[frames.Frame], estimator: PoseEstimator,
-                    app: faces.FaceAnalysis, config: PrepConfig) -> tuple[list[Pose], list[dict[str, Any]]]:
-  """Writes images/ and faces/ frame by frame; returns every frame's keypoints and JSON record."""
+                    app: faces.FaceAnalysis, config: PrepConfig, training: bool = False
+                    ) -> tuple[list[Pose], list[dict[str, Any]]]:
+  """Writes images/ and faces/ frame by frame (and face_embeddings.npy for `training` data);
+  returns every frame's keypoints and JSON record."""
   (folder / 'images').mkdir()
   (folder / 'faces').mkdir()
-  poses, records = [], []
-  without_face = 0
+  poses, records, embeddings = [], [], []
+  without_face = without_embedding = 0
   for i, frame in enumerate(tqdm(source, desc='frames', unit='frame', disable=None)):
     height, width = frame.image.shape[:2]
     frames.save_rgb(folder / 'images' / f'frame_{i}.png', frame.image)
@@ -181,10 +188,19 @@ def _prepare_frames(folder: Path, source: Iterator[frames.Frame], estimator: Pos
     without_face += len(boxes) == 0
     mask = faces.face_mask(boxes, (width, height), (config.width, config.height))
     frames.save_mask(folder / 'faces' / f'frame_{i}.png', mask)
+    if training:
+      embedding = faces.training_embedding(app, frame.image, (config.width, config.height))
+      without_embedding += embedding is None
+      embeddings.append(np.zeros(faces.EMBEDDING_DIM, np.float32) if embedding is None else embedding)
     poses.append(pose)
     records.append({'index': i, 'source': frame.source, **pose.to_dict(), 'faces': boxes.tolist()})
   if not poses:
     raise ValueError('the driving source gave no frames (check --stride and --max-frames)')
+  if training:
+    np.save(folder / 'face_embeddings.npy', np.stack(embeddings).astype(np.float32))
+    if without_embedding:
+      logger.warning('%d of %d frames have no face at %dx%d: their face embeddings are zeros',
+                     without_embedding, len(poses), config.width, config.height)
   if without_face:
     logger.warning('%d of %d frames have no detected face: their masks cover the whole frame',
                    without_face, len(poses))

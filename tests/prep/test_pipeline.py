@@ -109,8 +109,11 @@ def test_training_folder_without_reference(inputs, animate_folder, tmp_path, cap
   with caplog.at_level(logging.WARNING):
     prep.main(['--frames', str(animate_folder / 'images'), '--out', str(out), '--no-align',
                '--stride', '2', '--max-frames', '2', *_models(inputs)])
-  assert sorted(p.name for p in out.iterdir()) == ['faces', 'images', 'keypoints.json', 'poses']
+  assert sorted(p.name for p in out.iterdir()) == ['face_embeddings.npy', 'faces', 'images', 'keypoints.json',
+                                                   'poses']
   assert _frames(out / 'poses') == ['frame_0.png', 'frame_1.png']
+  embeddings = np.load(out / 'face_embeddings.npy', allow_pickle=False)
+  assert embeddings.shape == (2, 512) and embeddings.dtype == np.float32 and np.isfinite(embeddings).all()
   assert _read(out / 'poses' / 'frame_0.png')[0].shape == (VIDEO_SIZE[1], VIDEO_SIZE[0], 3)
   assert _read(out / 'faces' / 'frame_0.png')[0].shape == (512, 512)  # default generation size
   record = json.loads((out / 'keypoints.json').read_text())
@@ -147,5 +150,6 @@ def test_overwrite(inputs, tmp_path):
     prep.main(args)
   assert [p.name for p in out.iterdir()] == ['old.txt']
   prep.main([*args, '--overwrite'])
-  assert sorted(p.name for p in out.iterdir()) == ['faces', 'images', 'keypoints.json', 'poses']
+  assert sorted(p.name for p in out.iterdir()) == ['face_embeddings.npy', 'faces', 'images', 'keypoints.json',
+                                                   'poses']
   assert sorted(p.name for p in tmp_path.iterdir()) == ['out']

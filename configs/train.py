@@ -1,0 +1,97 @@
+r"""Fine-tuning StableAnimator (SPEC §5): the release setup, and a tiny variant that trains on a CPU.
+
+Release (`train.py` of the original, as its README runs it): 512x512, 16 frames at stride 4,
+AdamW lr 1e-5 (betas 0.9/0.999, eps 1e-8, weight decay 1e-2), constant schedule, batch 1 per
+device, gradient checkpointing, fp32 loss; PoseNet, the face encoder and the UNet's attention
+blocks are trained:
+
+  sa-convert --release checkpoints/ --out ckpt/
+  sa-train --config configs/train.py --workdir runs/finetune \
+      --init ckpt/ --config.data.roots=animation_data/video_rec_path.txt
+
+  Per-device memory (XLA's estimate of the compiled step) is in docs/training.md.
+
+Tiny (`configs/train.py:tiny`): the tiny model with seeded random weights on synthetic clips:
+
+  python -m tools.make_clips clips/ --clips 4 --frames 24 --width 64 --height 64
+  sa-train --config configs/train.py:tiny --workdir runs/tiny --config.data.roots=clips/
+
+  Measured on the 2-core CI machine (docs/training.md): about 2 steps/s after a ~40 s compile,
+  the loss falls over 200 steps.
+
+Any field can be overridden with `--config.<section>.<field>=value`; unknown fields are refused.
+"""
+
+import ml_collections
+
+from sa_jax import sharding
+
+
+def get_config(variant: str = '') -> ml_collections.ConfigDict:
+  """`variant`: '' (release fine-tuning) or 'tiny'."""
+  if variant not in ('', 'tiny'):
+    raise ValueError(f"unknown variant {variant!r}; expected '' or 'tiny'")
+  tiny = variant == 'tiny'
+  config = ml_collections.ConfigDict()
+  config.seed = 42                  # the run's key: step n draws from fold_in(key, n); data order too
+  config.num_steps = 200 if tiny else 100_000
+  config.dtype = 'float32'          # compute dtype of the networks: float32 or bfloat16 (loss: float32)
+  config.remat = not tiny           # recompute UNet blocks in the backward pass (release: on)
+  config.ema_decay = 0.0            # EMA of the trained parameters; 0: none (the release)
+  config.compile_cache = True       # JAX's persistent compilation cache (a restarted run skips compiling)
+  config.compile_cache_dir = ''     # '': $XDG_CACHE_HOME/sa-jax/jax (default ~/.cache/sa-jax/jax)
+
+  config.model = dict(
+      init='',                      # sa-jax checkpoint to fine-tune (sa-convert of the release)
+      demo=tiny,                    # without init: the tiny demo model with seeded random weights
+  )
+  config.data = dict(
+      roots='',                     # comma-separated clip folders, folders of clips, or clip-list files
+      width=64 if tiny else 512,    # training size, multiples of 64
+      height=64 if tiny else 512,
+      num_frames=4 if tiny else 16,   # frames per sample
+      stride=4,                     # frame stride of a sample (SPEC §5)
+      per_device_batch_size=1,      # videos per device per step (the release: 1)
+      worker_count=0 if tiny else 4,  # grain worker processes per host (0: in the main process)
+      max_skipped_steps=100,        # stop after this many steps in a row without a readable clip (0: never)
+  )
+  config.loss = dict(
+      fps=7,                        # conditioned as fps - 1 = 6, as train.py
+      motion_bucket_id=127.0,
+      noise_aug_strength=0.02,
+      conditioning_dropout_prob=0.1,  # CLIP token dropped for p < 0.2, reference latents for 0.1 <= p < 0.3
+  )
+  config.optimizer = dict(
+      learning_rate=1e-4 if tiny else 1e-5,
+      schedule='constant',          # constant (the release), cosine or linear decay
+      warmup_steps=0,
+      decay_steps=0,                # decay length for cosine/linear
+      b1=0.9,
+      b2=0.999,
+      eps=1e-8,
+      weight_decay=1e-2,
+      max_grad_norm=0.0,            # 0: no clipping (the release)
+  )
+  config.log_every = 10 if tiny else 50          # metrics to TensorBoard and metrics.jsonl
+  config.checkpoint = dict(
+      every=50 if tiny else 2000,   # steps between checkpoints (and one at the end)
+      max_to_keep=3,
+      async_save=True,              # write in the background while training goes on
+  )
+  config.validation = dict(
+      every=0,                      # steps between validation videos (0: none; the original: 500)
+      case='',                      # an sa-prep folder (reference.png, poses/, face_embedding.npy)
+      num_steps=25,
+      guidance=3.0,
+  )
+  config.mesh = dict(
+      shape='fsdp=-1',              # e.g. 'data=2,fsdp=4'; -1 takes the devices left
+      rules=dict(sharding.LOGICAL_RULES),   # logical axis -> mesh axes (names in sa_jax/sharding.py)
+  )
+  config.distributed = dict(
+      enabled=False,                # jax.distributed.initialize (TPU pods and SLURM detect the rest)
+      coordinator_address='',       # host:port of process 0 ('' : detected)
+      num_processes=0,              # 0: detected
+      process_id=-1,                # -1: detected
+  )
+  return config

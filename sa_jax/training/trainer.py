@@ -1,0 +1,438 @@
+"""Training assembled: settings checked, the mesh, shardings, the jitted step, data, checkpoints, metrics.
+
+`train(config, workdir)` runs `configs/train.py` settings to `config.num_steps`, resuming from the
+workdir's latest complete checkpoint. The pure step (`step.py`) is jitted here with NamedShardings
+from the logical rules for the state and the batch (`sharding.py`: parameters over `fsdp`, the
+batch over `data` x `fsdp`) and a donated state. Every process reads its own slice of the data
+and the global batch is assembled from the process-local pieces, so the same code runs on one CPU
+and on a multi-host pod.
+"""
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from tqdm import tqdm
+
+from sa_jax import animate, checkpoint, sharding
+from sa_jax.data import clips
+from sa_jax.training import checkpoints as run_checkpoints
+from sa_jax.training import loss as loss_lib
+from sa_jax.training import optimizer as optimizer_lib
+from sa_jax.training import step as step_lib
+from sa_jax.training.metrics import MetricWriter
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+class TrainingError(RuntimeError):
+  """A run that cannot go on (non-finite loss or gradients); the message names the step."""
+
+
+# ------------------------------------------------------------------------------------- settings
+
+def size_multiple(models: Any) -> int:
+  """Training sizes are multiples of this: the VAE's factor times the UNet's downsampling."""
+  return models.vae.spatial_factor * 2 ** (len(models.unet.block_out_channels) - 1)
+
+
+def check_config(config: Any, workdir: str | os.PathLike) -> None:
+  """Everything a run cannot start with, before any model is loaded or compiled (one-line errors).
+
+  Reads the model's `config.json` (not its weights) for the size rule.
+  """
+  problems = []
+  for name, minimum in (('num_steps', 1), ('log_every', 1), ('checkpoint.every', 1),
+                        ('checkpoint.max_to_keep', 1), ('data.per_device_batch_size', 1),
+                        ('data.num_frames', 1), ('data.stride', 1), ('data.worker_count', 0),
+                        ('validation.every', 0)):
+    value = config
+    for part in name.split('.'):
+      value = value[part]
+    if value < minimum:
+      problems.append(f'{name} is {value}, expected >= {minimum}')
+  if config.dtype not in DTYPES:
+    problems.append(f'dtype {config.dtype!r}, expected one of {sorted(DTYPES)}')
+  if not 0.0 <= config.ema_decay < 1.0:
+    problems.append(f'ema_decay is {config.ema_decay}, expected 0 <= ema_decay < 1')
+  if not config.data.roots:
+    problems.append('data.roots is empty: give clip folders, folders of clips or clip-list files')
+  for root in _roots(config):
+    if not os.path.exists(root):
+      problems.append(f'data root {root} does not exist')
+  if config.model.init:
+    if not os.path.isfile(os.path.join(config.model.init, checkpoint.CONFIG)):
+      problems.append(f'model.init {config.model.init} is not an sa-jax checkpoint (no {checkpoint.CONFIG}; '
+                      'make one with sa-convert)')
+  elif not config.model.demo:
+    problems.append('model.init is empty: give a converted release checkpoint (sa-convert), or set '
+                    'model.demo=True for the tiny demo model')
+  if config.checkpoint.every % config.log_every:
+    problems.append(f'checkpoint.every {config.checkpoint.every} is not a multiple of log_every '
+                    f'{config.log_every} (a resumed run would log other averages)')
+  if config.data.max_skipped_steps < 0:
+    problems.append(f'data.max_skipped_steps is {config.data.max_skipped_steps}, expected >= 0')
+  if config.validation.every and not config.validation.case:
+    problems.append('validation.every is set but validation.case is empty (an sa-prep folder)')
+  workdir = Path(workdir)
+  if workdir.exists() and not workdir.is_dir():
+    problems.append(f'workdir {workdir} exists and is not a folder')
+  if problems:
+    raise ValueError('; '.join(problems))
+  multiple = size_multiple(model_config(config).models)
+  for side in ('width', 'height'):
+    value = config.data[side]
+    if value < multiple or value % multiple:
+      problems.append(f'data.{side} is {value}, expected a positive multiple of {multiple}')
+  if problems:
+    raise ValueError('; '.join(problems))
+  optimizer_lib.OptimizerConfig.from_config(config.optimizer)
+  sharding.rules_from_config(config.mesh.rules)
+  if config.mesh.shape:
+    sharding.parse_mesh_shape(config.mesh.shape)
+
+
+def _roots(config: Any) -> list[str]:
+  return [r.strip() for r in config.data.roots.split(',') if r.strip()]
+
+
+def step_config(config: Any, ckpt: checkpoint.CheckpointConfig) -> step_lib.StepConfig:
+  return step_lib.StepConfig(
+      models=ckpt.models, loss=loss_lib.LossConfig.from_config(config.loss),
+      optimizer=optimizer_lib.OptimizerConfig.from_config(config.optimizer), ema_decay=float(config.ema_decay),
+      remat=bool(config.remat), dtype=DTYPES[config.dtype], image_mean=ckpt.image_mean, image_std=ckpt.image_std)
+
+
+def data_config(config: Any) -> clips.DataConfig:
+  return clips.DataConfig(roots=tuple(_roots(config)), width=config.data.width, height=config.data.height,
+                          num_frames=config.data.num_frames, stride=config.data.stride,
+                          seed=config.seed % 2**32)
+
+
+# ------------------------------------------------------------------------------------- assembly
+
+@dataclasses.dataclass(frozen=True)
+class Assembly:
+  """The compiled pieces of a run.
+
+  Attributes:
+    mesh: the device mesh.
+    state_shardings: NamedSharding per state leaf.
+    batch_shardings: `loss.Batch` of NamedShardings (batch axis over the batch mesh axes).
+    abstract_state: `jax.ShapeDtypeStruct` per state leaf, with its sharding (restore target).
+    train_step: the jitted step `(state, batch, key) -> (state, metrics)`, state donated.
+    tx: the optimiser.
+  """
+  mesh: Mesh
+  state_shardings: Any
+  batch_shardings: loss_lib.Batch
+  abstract_state: Any
+  train_step: Any
+  tx: Any
+
+
+def make_mesh(config: Any) -> Mesh:
+  return sharding.make_mesh(sharding.parse_mesh_shape(config.mesh.shape) if config.mesh.shape else {})
+
+
+def assemble(step_config: step_lib.StepConfig, mesh: Mesh, rules: Any) -> Assembly:
+  """Shardings from the logical axes of the boxed abstract state, and the jitted step."""
+  train_step, tx = step_lib.make_train_step(step_config)
+  boxed_state = jax.eval_shape(lambda p: step_lib.init_state(p, tx, step_config.ema_decay),
+                               step_config.models.abstract_params(jnp.float32))
+  state_shardings = sharding.param_shardings(boxed_state, mesh, rules)
+  abstract_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                                nn.unbox(boxed_state), state_shardings)
+  batch_shardings = loss_lib.Batch(*(sharding.batch_sharding(mesh, ndim, rules) for ndim in (5, 5, 5, 4, 2, 1)))
+  replicated = NamedSharding(mesh, PartitionSpec())
+  jitted = jax.jit(train_step, in_shardings=(state_shardings, batch_shardings, replicated),
+                   out_shardings=(state_shardings, replicated), donate_argnums=0)
+  return Assembly(mesh, state_shardings, batch_shardings, abstract_state, jitted, tx)
+
+
+def initial_state(assembly: Assembly, params: dict[str, Any], ema_decay: float) -> dict[str, Any]:
+  """Step-0 state from full params (host or device arrays), placed in the state shardings."""
+  init = jax.jit(lambda p: step_lib.init_state(p, assembly.tx, ema_decay), out_shardings=assembly.state_shardings)
+  return init(params)
+
+
+def global_batch(local: dict[str, np.ndarray], shardings: loss_lib.Batch) -> loss_lib.Batch:
+  """The global batch from this process's slice (`[B_local, ...]` numpy per field)."""
+  return loss_lib.Batch(*(jax.make_array_from_process_local_data(s, np.asarray(local[name]))
+                          for name, s in zip(loss_lib.Batch._fields, shardings)))
+
+
+def abstract_batch(config: Any, shardings: loss_lib.Batch, global_batch_size: int, embedding_dim: int
+                   ) -> loss_lib.Batch:
+  """Shapes of a global batch (for compiling without data, e.g. the memory estimate)."""
+  b, f, h, w = global_batch_size, config.data.num_frames, config.data.height, config.data.width
+  shapes = ((b, f, h, w, 3), (b, f, h, w, 3), (b, f, h, w, 1), (b, h, w, 3), (b, embedding_dim), (b,))
+  dtypes = (np.uint8, np.uint8, np.uint8, np.uint8, np.float32, np.bool_)
+  return loss_lib.Batch(*(jax.ShapeDtypeStruct(s, d, sharding=sh) for s, d, sh in zip(shapes, dtypes, shardings)))
+
+
+def global_batch_size(config: Any, mesh: Mesh) -> int:
+  return config.data.per_device_batch_size * mesh.devices.size
+
+
+def memory_estimate(config: Any, models: Any) -> dict[str, float]:
+  """XLA's per-device memory of the compiled step (GiB), compiled from shapes only (no weights)."""
+  ckpt = checkpoint.CheckpointConfig(models=models, scheduler=None)
+  mesh = make_mesh(config)
+  assembly = assemble(step_config(config, ckpt), mesh, sharding.rules_from_config(config.mesh.rules))
+  batch = abstract_batch(config, assembly.batch_shardings, global_batch_size(config, mesh),
+                         models.face_encoder.id_embeddings_dim)
+  key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=NamedSharding(mesh, PartitionSpec()))
+  estimate = memory_gib(assembly.train_step.lower(assembly.abstract_state, batch, key).compile())
+  estimate['devices'] = mesh.devices.size
+  return estimate
+
+
+def memory_gib(compiled: Any) -> dict[str, float]:
+  """A compiled program's per-device memory from XLA (GiB): arguments, outputs, aliased (donated)
+  outputs, temporaries, code, and their total (`arguments + outputs - aliased + temporaries`)."""
+  analysis = compiled.memory_analysis()
+  fields = ('argument_size_in_bytes', 'output_size_in_bytes', 'alias_size_in_bytes', 'temp_size_in_bytes',
+            'generated_code_size_in_bytes')
+  out = {f.removesuffix('_size_in_bytes'): getattr(analysis, f) / 2.0 ** 30 for f in fields}
+  out['total'] = out['argument'] + out['output'] - out['alias'] + out['temp']
+  return out
+
+
+# ----------------------------------------------------------------------------------------- model
+
+def model_config(config: Any) -> checkpoint.CheckpointConfig:
+  """The checkpoint config of the model to train (`model.init`, or the tiny demo model), without
+  the face embedder (it serves only the HJB correction) and without reading weights."""
+  ckpt = checkpoint.load_config(config.model.init) if config.model.init else animate.demo_config()
+  return dataclasses.replace(ckpt, models=dataclasses.replace(ckpt.models, face_embedder=None))
+
+
+def load_model(config: Any) -> dict[str, Any]:
+  """The params to fine-tune: those of `model.init`, or the tiny demo model's; no face embedder."""
+  if config.model.init:
+    return checkpoint.load(config.model.init, networks=model_config(config).models.names)[0]
+  params, _ = animate.demo_model()
+  params.pop('face_embedder', None)
+  return params
+
+
+def trained_params(state: dict[str, Any], ema: bool = False) -> dict[str, Any]:
+  """The full parameter tree of a state (with the EMA of the trained parameters if asked)."""
+  return optimizer_lib.merge(state['ema'] if ema else state['params'], state['frozen'])
+
+
+# ------------------------------------------------------------------------------------ validation
+
+def validation_run(config: Any) -> Any:
+  """`sa-animate` settings of the validation video: the training size and frame count, one tile of
+  all frames, `validation.num_steps` steps at guidance `validation.guidance` (SPEC §5)."""
+  from configs import animate as animate_configs
+  run = animate_configs.get_config()
+  run.sampler.update(num_steps=config.validation.num_steps, guidance=config.validation.guidance,
+                     tile_size=config.data.num_frames, dtype=config.dtype)
+  run.io.update(width=config.data.width, height=config.data.height, num_frames=config.data.num_frames,
+                seed=config.seed % 2**32, compile_cache=True)
+  return run
+
+
+def validation_inputs(config: Any, models: Any) -> animate.Inputs | None:
+  """The validation case, read and checked (None without validation)."""
+  if not config.validation.every:
+    return None
+  inputs = animate.Inputs(folder=Path(config.validation.case))
+  animate.load_request(inputs, validation_run(config), models.face_encoder.id_embeddings_dim)
+  return inputs
+
+
+def validate(state: dict[str, Any], ckpt: checkpoint.CheckpointConfig, config: Any, inputs: animate.Inputs,
+             step: int, workdir: str, writer: MetricWriter) -> Path:
+  """Samples the validation case with the current parameters into `workdir/validation/step_<n>.mp4`."""
+  params = jax.device_get(trained_params(state, ema='ema' in state))
+  frames, _, _ = animate.animate(params, ckpt, inputs, validation_run(config))
+  out = Path(workdir) / 'validation' / f'step_{step:06d}.mp4'
+  animate.write_outputs(frames, out, config.loss.fps, overwrite=True)
+  writer.write_video(step, 'validation', frames)
+  return out
+
+
+# ------------------------------------------------------------------------------------------ loop
+
+def distributed_init(config: Any) -> None:
+  """`jax.distributed.initialize` when configured (before any other JAX call)."""
+  d = config.distributed
+  if not d.enabled:
+    return
+  kwargs = {}
+  if d.coordinator_address:
+    kwargs['coordinator_address'] = d.coordinator_address
+  if d.num_processes:
+    kwargs['num_processes'] = d.num_processes
+  if d.process_id >= 0:
+    kwargs['process_id'] = d.process_id
+  jax.distributed.initialize(**kwargs)
+
+
+def train(config: Any, workdir: str | os.PathLike, *, progress: bool = True) -> dict[str, float]:
+  """Trains to `config.num_steps`, resuming from the latest complete checkpoint of `workdir`.
+
+  Returns the last logged metrics. Raises TrainingError at a non-finite loss or gradient (the
+  state of that step is not saved; the last good checkpoint stays) and when `data.max_skipped_steps`
+  steps in a row had no readable clip.
+  """
+  check_config(config, workdir)
+  workdir = os.path.abspath(os.fspath(workdir))
+  os.makedirs(workdir, exist_ok=True)
+  cache = animate.enable_compile_cache(config.compile_cache, config.compile_cache_dir)
+  if cache:
+    logger.info('compilation cache: %s', cache)
+  ckpt_config = model_config(config)
+  mesh = make_mesh(config)
+  rules = sharding.rules_from_config(config.mesh.rules)
+  batch_size = global_batch_size(config, mesh)
+  if batch_size % jax.process_count():
+    raise ValueError(f'global batch {batch_size} does not split over {jax.process_count()} processes')
+  validation = validation_inputs(config, ckpt_config.models)
+  if validation is not None and jax.process_count() > 1:
+    logger.warning('validation videos are made in single-process runs only; skipping them')
+    validation = None
+  saved_config = dict(json.loads(config.to_json()), model_config=ckpt_config.to_json(),
+                      runtime=dict(process_count=jax.process_count(), global_batch_size=batch_size))
+  manager = run_checkpoints.RunCheckpoints(workdir, max_to_keep=config.checkpoint.max_to_keep,
+                                           async_save=config.checkpoint.async_save)
+  start = manager.latest_step()
+  if start is not None:
+    _check_resumable(saved_config, manager.restore_config(start), manager.directory)
+    if start >= config.num_steps:
+      logger.info('%s is already at step %d >= num_steps %d: nothing to do', workdir, start, config.num_steps)
+      manager.close()
+      return {}
+  assembly = assemble(step_config(config, ckpt_config), mesh, rules)
+  data = iter(clips.make_loader(data_config(config), batch_size=batch_size // jax.process_count(),
+                                shard_index=jax.process_index(), shard_count=jax.process_count(),
+                                worker_count=config.data.worker_count))
+  writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
+  try:
+    if start is None:
+      params = load_model(config)
+      state = initial_state(assembly, params, config.ema_decay)
+      del params
+      manager.save_frozen(state['frozen'])   # replaces what an attempt without a checkpoint left
+      writer.truncate_after(0)      # lines of an earlier attempt that never reached a checkpoint
+      start = 0
+      logger.info('training from step 0 (%s)', config.model.init or 'demo model')
+    else:
+      state = manager.restore(start, assembly.abstract_state, data)
+      writer.truncate_after(start)
+      logger.info('resumed from step %d of %s', start, manager.directory)
+    validate_at = None if validation is None else (
+        lambda st, n: validate(st, ckpt_config, config, validation, n, workdir, writer))
+    return _loop(config, assembly, state, start, data, manager, writer, saved_config, progress, validate_at)
+  finally:
+    manager.wait()
+    manager.close()
+    writer.close()
+    if hasattr(data, 'close'):
+      data.close()
+
+
+# Settings a resumed run must share with the run it continues (num_steps, logging, checkpointing
+# and the mesh may change as long as the process count and the global batch stay).
+RESUME_FIXED = ('seed', 'dtype', 'remat', 'ema_decay', 'model', 'loss', 'optimizer', 'data.roots', 'data.width',
+                'data.height', 'data.num_frames', 'data.stride', 'data.worker_count', 'model_config',
+                'runtime.process_count', 'runtime.global_batch_size')
+
+
+def _check_resumable(config: dict[str, Any], saved: dict[str, Any], directory: str) -> None:
+  """Refuses to resume a run whose saved settings would give other data, draws or state."""
+  def get(tree, dotted):
+    for part in dotted.split('.'):
+      tree = tree.get(part) if isinstance(tree, dict) else None
+    return tree
+  differ = [f'{k} ({get(saved, k)!r} -> {get(config, k)!r})' for k in RESUME_FIXED if get(saved, k) != get(config, k)]
+  if differ:
+    raise ValueError(f'{directory} was trained with other settings; differ: {", ".join(differ)} '
+                     '(use another --workdir, or the same settings to resume)')
+
+
+def _loop(config, assembly, state, start, data: Iterator, manager, writer, saved_config, progress, validate_at):
+  key = jax.random.key(config.seed)
+  logged: dict[str, float] = {}
+  pending: list[dict[str, Any]] = []
+  skipped_in_a_row = 0
+  tick = time.perf_counter()
+
+  def flush(done):
+    nonlocal pending, tick, logged
+    if not pending:
+      return
+    host = jax.device_get(pending)
+    logged = {k: float(np.mean([m[k] for m in host])) for k in host[-1]}
+    logged['skipped_videos'] = float(sum(m['skipped_videos'] for m in host))
+    logged['steps_per_second'] = len(host) / max(time.perf_counter() - tick, 1e-9)
+    writer.write_scalars(done, logged)
+    pending, tick = [], time.perf_counter()
+
+  with tqdm(total=config.num_steps, initial=start, desc='sa-train', unit='step', disable=not progress,
+            dynamic_ncols=True) as bar:
+    for step in range(start, config.num_steps):
+      batch = global_batch(next(data), assembly.batch_shardings)
+      state, metrics = assembly.train_step(state, batch, key)
+      pending.append(metrics)
+      done = step + 1
+      if not bool(metrics['finite']):
+        flush(done)
+        manager.wait()
+        raise TrainingError(f'step {done}: the loss or the gradients are not finite '
+                            f'(loss {float(metrics["loss"])}, grad norm {float(metrics["grad_norm"])}); '
+                            f'stopped, the last good checkpoint is step {manager.latest_step()}')
+      skipped_in_a_row = skipped_in_a_row + 1 if float(metrics['valid_videos']) == 0 else 0
+      if config.data.max_skipped_steps and skipped_in_a_row >= config.data.max_skipped_steps:
+        flush(done)
+        raise TrainingError(f'step {done}: {skipped_in_a_row} steps in a row had no readable clip '
+                            '(the bad clips are listed above); check data.roots')
+      if done % config.log_every == 0 or done == config.num_steps:
+        flush(done)
+        bar.set_postfix(loss=f'{logged["loss"]:.4g}', steps_s=f'{logged["steps_per_second"]:.2f}')
+      bar.update(1)
+      if done % config.checkpoint.every == 0 or done == config.num_steps:
+        manager.save(done, state, data, saved_config)
+      if validate_at is not None and done % config.validation.every == 0:
+        logger.info('validation video: %s', validate_at(state, done))
+  return logged
+
+
+def exported_params(workdir: str | os.PathLike, step: int | None = None, ema: bool = False) -> dict[str, Any]:
+  """The full parameters of a saved step of `workdir` (default: the latest), rebuilt from the settings
+  and model config saved with it."""
+  manager = run_checkpoints.RunCheckpoints(workdir, max_to_keep=1, async_save=False)
+  try:
+    steps = manager.all_steps()
+    if not steps:
+      raise ValueError(f'{manager.directory} holds no checkpoint')
+    step = max(steps) if step is None else step
+    if step not in steps:
+      raise ValueError(f'{manager.directory} has no step {step}; it has {steps}')
+    saved = manager.restore_config(step)
+    config = ml_collections.ConfigDict({k: v for k, v in saved.items() if k not in ('model_config', 'runtime')})
+    if ema and config.ema_decay <= 0:
+      raise ValueError(f'--ema: the run of {workdir} has ema_decay {config.ema_decay}, no EMA to export')
+    ckpt = checkpoint.CheckpointConfig.from_json(saved['model_config'])
+    mesh = sharding.make_mesh({'fsdp': -1})
+    assembly = assemble(step_config(config, ckpt), mesh, sharding.rules_from_config(config.mesh.rules))
+    return jax.device_get(trained_params(manager.restore(step, assembly.abstract_state), ema))
+  finally:
+    manager.close()

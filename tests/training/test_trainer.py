@@ -1,0 +1,329 @@
+"""The assembled trainer: sharded step vs one device, FSDP really splitting the state, kill and
+resume, two processes vs one, the NaN stop, export to the release files, and sa-train's errors.
+
+The model is a micro variant of the tiny config (two UNet levels, one layer per block) with seeded
+random weights, written as an sa-jax checkpoint: the step compiles in ~30 s on two cores. The runs
+that cross a process boundary (kill, resume, jax.distributed) share a compilation cache.
+"""
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from flax import traverse_util
+
+from configs import svd_xt
+from configs import train as train_configs
+from sa_jax import animate, checkpoint, diffusion, sharding
+from sa_jax.data import clips, synthetic
+from sa_jax.models import random_init
+from sa_jax.models.stable_animator import BY_NAME, ModelConfigs
+from sa_jax.training import loss as loss_lib
+from sa_jax.training import optimizer, trainer
+from tools import train as train_tool
+
+REPO = Path(__file__).resolve().parents[2]
+SIZE, FRAMES, STEPS = 32, 2, 6
+RUN_SIZE = 64   # the subprocess runs also make a validation video, which sa-animate makes at multiples of 64
+LEARNING_RATE = 1e-4
+
+
+def micro_models() -> ModelConfigs:
+  sections = svd_xt.get_config('tiny').to_dict()
+  sections.pop('face_embedder')
+  unet = sections['unet']
+  unet.update(block_out_channels=[32, 32], num_attention_heads=[1, 2], layers_per_block=1,
+              down_block_types=['CrossAttnDownBlockSpatioTemporal', 'DownBlockSpatioTemporal'],
+              up_block_types=['UpBlockSpatioTemporal', 'CrossAttnUpBlockSpatioTemporal'])
+  sections['vae']['layers_per_block'] = 1
+  sections['image_encoder']['num_hidden_layers'] = 1
+  sections['face_encoder']['perceiver_depth'] = 1
+  return ModelConfigs.from_dict(sections)
+
+
+@pytest.fixture(scope='module')
+def init_dir(tmp_path_factory):
+  models = micro_models()
+  params = {name: random_init.random_params(BY_NAME[name].abstract_params(getattr(models, name)), 7 + i)
+            for i, name in enumerate(models.names)}
+  out = tmp_path_factory.mktemp('micro') / 'ckpt'
+  checkpoint.save(out, params, checkpoint.CheckpointConfig(models=models, scheduler=diffusion.ScheduleConfig()))
+  return out
+
+
+@pytest.fixture(scope='module')
+def clip_root(tmp_path_factory):
+  """Three good synthetic clips and one whose poses lack a frame."""
+  root = tmp_path_factory.mktemp('clips') / 'clips'
+  written = synthetic.write_clips(root, 4, num_frames=12, width=SIZE, height=SIZE, seed=3)
+  (written[-1] / 'poses' / 'frame_5.png').unlink()
+  return root
+
+
+def run_config(init_dir, clip_root, **overrides):
+  config = train_configs.get_config('tiny')
+  config.model.init = str(init_dir)
+  config.data.roots = str(clip_root)
+  config.data.update(width=SIZE, height=SIZE, num_frames=FRAMES, worker_count=0)
+  config.update(num_steps=STEPS, log_every=1, compile_cache=False)
+  config.optimizer.learning_rate = LEARNING_RATE
+  config.checkpoint.every = 2
+  for dotted, value in overrides.items():
+    *path, leaf = dotted.split('__')
+    node = config
+    for part in path:
+      node = node[part]
+    node[leaf] = value
+  return config
+
+
+def _first_batch(config, batch_size):
+  loader = clips.make_loader(trainer.data_config(config), batch_size=batch_size)
+  return next(iter(loader))
+
+
+# --------------------------------------------------------------------------- in-process: sharding
+
+def test_sharded_step_equals_one_device_and_fsdp_splits_the_state(init_dir, clip_root):
+  config = run_config(init_dir, clip_root)
+  ckpt = trainer.model_config(config)
+  step_config = trainer.step_config(config, ckpt)
+  params, _ = checkpoint.load(init_dir)
+  batch = _first_batch(config, 8)
+  key = jax.random.key(config.seed)
+  results, compiled = {}, {}
+  for name, shape, devices in (('one', {}, jax.devices()[:1]), ('mesh', {'data': 2, 'fsdp': 4}, jax.devices())):
+    mesh = sharding.make_mesh(shape, devices)
+    assembly = trainer.assemble(step_config, mesh, sharding.LOGICAL_RULES)
+    state = trainer.initial_state(assembly, params, 0.0)
+    global_batch = trainer.global_batch(batch, assembly.batch_shardings)
+    compiled[name] = assembly.train_step.lower(state, global_batch, key).compile()
+    results[name] = compiled[name](state, global_batch, key)
+  (one_state, one_metrics), (mesh_state, mesh_metrics) = results['one'], results['mesh']
+
+  # The forward and backward differ only in reduction order and partitioning. A float32 sum of n
+  # terms reordered differs by at most ~n EPS32 of the sum of magnitudes (EPS32 = 1.2e-7); the
+  # loss and the norms are means/sums of positive terms, and the longest reduction here (a
+  # 32-channel GroupNorm over a 4x4 map, a few hundred terms per row) gives a few 1e-6 relative:
+  # 1e-5 relative.
+  for name in ('loss', 'grad_norm', 'grad_norm/unet', 'grad_norm/pose_net', 'grad_norm/face_encoder'):
+    np.testing.assert_allclose(mesh_metrics[name], one_metrics[name], rtol=1e-5, err_msg=name)
+  # One AdamW step moves each parameter by lr * m / (sqrt(v) + eps) + lr * wd * p, at most
+  # about lr (|m / sqrt(v)| <= 1 on the first step) plus the decay; a rounding-level gradient
+  # difference can flip the sign of a tiny gradient's update, so elementwise the two differ by
+  # at most 2 lr (1 + wd |p|).
+  wd = config.optimizer.weight_decay
+  for path, a in traverse_util.flatten_dict(one_state['params']).items():
+    b = traverse_util.flatten_dict(mesh_state['params'])[path]
+    bound = 2 * LEARNING_RATE * (1 + wd * np.abs(np.asarray(a))) + 1e-7 * np.abs(np.asarray(a))
+    assert np.all(np.abs(np.asarray(a) - np.asarray(b)) <= bound), '/'.join(path)
+
+  # The frozen parameters come back from the step bit for bit (they are not differentiated).
+  _, frozen = optimizer.partition(params)
+  for (path, want), got in zip(jax.tree_util.tree_flatten_with_path(frozen)[0],
+                               jax.tree.leaves(jax.device_get(mesh_state['frozen']))):
+    np.testing.assert_array_equal(got, want, err_msg=jax.tree_util.keystr(path))
+
+  # FSDP: the parameters and optimiser moments live in quarters on the fsdp axis.
+  device = jax.devices()[0]
+  leaves = jax.tree.leaves(mesh_state)
+  total = sum(x.nbytes for x in leaves)
+  on_device = sum(s.data.nbytes for x in leaves for s in x.addressable_shards if s.device == device)
+  assert 0.24 < on_device / total < 0.3, f'{on_device / total:.3f} of the state on one device'
+  unsplit = [x for x in leaves if x.size > 1024 and x.sharding.shard_shape(x.shape) == x.shape]
+  assert not unsplit, f'{len(unsplit)} large state arrays are replicated'
+  # XLA's estimate sees the same split: its per-device arguments are this device's state plus its
+  # slice of the batch (and the key), and the donated state is aliased to the output.
+  memory = trainer.memory_gib(compiled['mesh'])
+  batch_bytes = sum(np.asarray(batch[name]).nbytes for name in loss_lib.Batch._fields) / 8
+  np.testing.assert_allclose(memory['argument'] * 2 ** 30, on_device + batch_bytes, rtol=0.02)
+  assert memory['alias'] * 2 ** 30 >= 0.9 * on_device and memory['total'] > memory['argument']
+
+  # A batch without a valid video changes nothing but the step count.
+  assembly_one = trainer.assemble(step_config, sharding.make_mesh({}, jax.devices()[:1]), sharding.LOGICAL_RULES)
+  before = jax.device_get(one_state)
+  invalid = dict(batch, valid=np.zeros_like(batch['valid']))
+  after, metrics = compiled['one'](one_state, trainer.global_batch(invalid, assembly_one.batch_shardings), key)
+  assert int(after['step']) == int(before['step']) + 1 and float(metrics['skipped_videos']) == 8
+  for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(before['params'])[0],
+                          jax.tree.leaves(jax.device_get(after['params']))):
+    np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
+
+
+# ------------------------------------------------------------------------------------ subprocesses
+
+def _command(workdir, init_dir, clip_root, *extra):
+  return [sys.executable, '-m', 'tools.train', '--config', f'{REPO}/configs/train.py:tiny',
+          f'--workdir={workdir}', '--noprogress', f'--config.model.init={init_dir}',
+          f'--config.data.roots={clip_root}', f'--config.data.width={RUN_SIZE}', f'--config.data.height={RUN_SIZE}',
+          f'--config.data.num_frames={FRAMES}', '--config.data.worker_count=0', f'--config.num_steps={STEPS}',
+          f'--config.validation.every={STEPS}', f'--config.validation.case={animate.SAMPLE_DIR}',
+          '--config.validation.num_steps=2',
+          '--config.log_every=1', '--config.checkpoint.every=2', f'--config.optimizer.learning_rate={LEARNING_RATE}',
+          *extra]
+
+
+def _env(cache, devices):
+  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+             XDG_CACHE_HOME=str(cache), PYTHONPATH=str(REPO))
+  return env
+
+
+def _losses(workdir):
+  lines = [json.loads(line) for line in (Path(workdir) / 'metrics.jsonl').read_text().splitlines()]
+  steps = [m['step'] for m in lines]
+  assert len(set(steps)) == len(steps), f'metrics.jsonl repeats steps: {steps}'
+  return {m['step']: {k: v for k, v in m.items() if k != 'steps_per_second'} for m in lines}
+
+
+def _final_state(workdir):
+  """`{key path: numpy array}` of the last step's saved state."""
+  path = Path(workdir) / 'checkpoints' / str(STEPS) / 'state'
+  leaves, _ = jax.tree_util.tree_flatten_with_path(ocp.StandardCheckpointer().restore(path))
+  return {jax.tree_util.keystr(k): np.asarray(v) for k, v in leaves}
+
+
+@pytest.fixture(scope='module')
+def cache(tmp_path_factory):
+  return tmp_path_factory.mktemp('xdg-cache')
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(tmp_path_factory, init_dir, clip_root, cache):
+  workdir = tmp_path_factory.mktemp('run') / 'uninterrupted'
+  subprocess.run(_command(workdir, init_dir, clip_root, '--config.mesh.shape=data=2'), env=_env(cache, 2),
+                 cwd=REPO, check=True, timeout=600)
+  return workdir
+
+
+@pytest.mark.heavy
+def test_run_writes_metrics_and_a_validation_video(uninterrupted):
+  losses = _losses(uninterrupted)
+  assert all(np.isfinite(m['loss']) and m['valid_videos'] + m['skipped_videos'] == 2 for m in losses.values())
+  assert any(m['skipped_videos'] > 0 for m in losses.values()), 'the bad clip was never drawn'
+  assert list((uninterrupted / 'tensorboard').iterdir()), 'no TensorBoard events'
+  video = uninterrupted / 'validation' / f'step_{STEPS:06d}.mp4'
+  assert video.is_file() and video.stat().st_size > 0
+
+
+@pytest.mark.heavy
+def test_killed_run_resumes_identically(tmp_path, uninterrupted, init_dir, clip_root, cache):
+  workdir = tmp_path / 'killed'
+  command = _command(workdir, init_dir, clip_root, '--config.mesh.shape=data=2')
+  # Killed after a random number of logged steps, once the (asynchronous) checkpoint of step 2 is
+  # complete, so that the second run really resumes; later saves may be cut mid-write.
+  kill_after = random.Random().randrange(3, STEPS)
+  process = subprocess.Popen(command, env=_env(cache, 2), cwd=REPO, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+  metrics, first_checkpoint = workdir / 'metrics.jsonl', workdir / 'checkpoints' / '2'
+  deadline = time.monotonic() + 600
+  while time.monotonic() < deadline and process.poll() is None:
+    if (first_checkpoint.is_dir() and metrics.exists()
+        and len(metrics.read_text().splitlines()) >= kill_after):
+      break
+    time.sleep(0.01)
+  assert process.poll() is None, 'the run ended before it could be killed'
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  resumed = subprocess.run(command, env=_env(cache, 2), cwd=REPO, check=True, timeout=600,
+                           stderr=subprocess.PIPE, text=True)
+  assert 'resumed from step' in resumed.stderr, resumed.stderr[-2000:]
+
+  expected = _losses(uninterrupted)
+  assert sorted(expected) == list(range(1, STEPS + 1))
+  assert _losses(workdir) == expected, f'killed after {kill_after} logged steps'
+  want, got = _final_state(uninterrupted), _final_state(workdir)
+  assert want.keys() == got.keys()
+  for path in want:
+    np.testing.assert_array_equal(got[path], want[path], err_msg=path)
+
+
+@pytest.mark.heavy
+def test_two_processes_agree_with_one(tmp_path, uninterrupted, init_dir, clip_root, cache):
+  workdir = tmp_path / 'two'
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    port = s.getsockname()[1]
+  processes = [subprocess.Popen(
+      _command(workdir, init_dir, clip_root, '--config.mesh.shape=data=2', '--config.distributed.enabled=True',
+               f'--config.distributed.coordinator_address=localhost:{port}',
+               '--config.distributed.num_processes=2', f'--config.distributed.process_id={i}'),
+      env=_env(cache, 1), cwd=REPO, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  errors = [p.communicate(timeout=600)[1] for p in processes]
+  for p, err in zip(processes, errors):
+    assert p.returncode == 0, err[-3000:]
+  expected, got = _losses(uninterrupted), _losses(workdir)
+  assert sorted(got) == sorted(expected)
+  # Same global batches and draws, the same partitioned program with its collectives across two
+  # processes instead of within one: at most the reordering of the cross-device sums, the bound of
+  # the sharded test above (1e-5 relative).
+  for step in expected:
+    np.testing.assert_allclose(got[step]['loss'], expected[step]['loss'], rtol=1e-5, err_msg=f'step {step}')
+
+
+@pytest.mark.heavy
+def test_export_writes_the_release_files(tmp_path, uninterrupted, init_dir, clip_root):
+  from convert import release
+  out = tmp_path / 'release'
+  train_tool.main(['--config', f'{REPO}/configs/train.py:tiny', f'--workdir={uninterrupted}',
+                   f'--config.model.init={init_dir}', f'--config.data.roots={clip_root}',
+                   f'--config.data.width={RUN_SIZE}', f'--config.data.height={RUN_SIZE}',
+                   f'--config.data.num_frames={FRAMES}', f'--export={out}'])
+  assert sorted(p.name for p in out.iterdir()) == sorted(release.TRAINED_FILES.values())
+  init, ckpt = checkpoint.load(init_dir)
+  state = _final_state(uninterrupted)
+  for name, file in release.TRAINED_FILES.items():
+    exported = traverse_util.flatten_dict(release.CONVERTERS[name].load(out / file, getattr(ckpt.models, name)))
+    before = traverse_util.flatten_dict(init[name])
+    for path, value in exported.items():
+      if optimizer.is_trainable(name, path):
+        saved = state[jax.tree_util.keystr(tuple(jax.tree_util.DictKey(k) for k in ('params', name) + path))]
+        np.testing.assert_array_equal(value, saved, err_msg=f'{name} {path}')
+      else:
+        np.testing.assert_array_equal(value, before[path], err_msg=f'{name} {path}')
+  with pytest.raises(SystemExit, match='sa-train: error: .*exist'):
+    train_tool.main(['--config', f'{REPO}/configs/train.py:tiny', f'--workdir={uninterrupted}',
+                     f'--config.model.init={init_dir}', f'--config.data.roots={clip_root}', f'--export={out}'])
+
+
+# ------------------------------------------------------------------------------------ NaN and errors
+
+@pytest.mark.heavy
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, init_dir, clip_root):
+  config = run_config(init_dir, clip_root, optimizer__learning_rate=1e30, checkpoint__every=1)
+  config.mesh.shape = 'fsdp=-1'
+  config.data.per_device_batch_size = 1
+  workdir = tmp_path / 'nan'
+  with pytest.raises(trainer.TrainingError, match=r'step (\d+): the loss or the gradients are not finite') as err:
+    trainer.train(config, workdir, progress=False)
+  failed = int(err.value.args[0].split()[1].rstrip(':'))
+  assert failed > 1, 'the first step (lr 1e30 applied once) is finite'
+  steps = sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit())
+  assert steps and max(steps) == failed - 1
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--config.optimizer.lerning_rate=1'], 'lerning_rate'),
+    (['--config.data.roots=/nonexistent/clips'], 'data root /nonexistent/clips does not exist'),
+    (['--config.model.init=/nonexistent'], 'model.init /nonexistent is not an sa-jax checkpoint'),
+    (['--config.data.width=40'], 'data.width is 40, expected a positive multiple of'),
+    (['--config.dtype=float16'], "dtype 'float16'"),
+], ids=['unknown-field', 'roots', 'init', 'size', 'dtype'])
+def test_cli_errors_are_one_line(tmp_path, init_dir, clip_root, capsys, argv, message):
+  base = ['--config', f'{REPO}/configs/train.py:tiny', f'--workdir={tmp_path / "w"}',
+          f'--config.model.init={init_dir}', f'--config.data.roots={clip_root}']
+  with pytest.raises(SystemExit) as exit_info:
+    train_tool.main(base + argv)
+  text = str(exit_info.value)
+  assert text.startswith('sa-train: error: ') and message in text and '\n' not in text, text
+  assert not (tmp_path / 'w').exists(), 'nothing is written before the checks pass'

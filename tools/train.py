@@ -1,0 +1,94 @@
+r"""`sa-train`: fine-tune StableAnimator (or train the tiny model) into a workdir; resumes by itself.
+
+  sa-train --config configs/train.py --workdir runs/ft --init ckpt/ \
+      --config.data.roots=animation_data/video_rec_path.txt [--config.mesh.shape=data=2,fsdp=4]
+  sa-train --config configs/train.py:tiny --workdir runs/tiny --config.data.roots=clips/
+  sa-train --workdir runs/tiny --export runs/tiny/release [--export_step 200] [--ema]
+  sa-train --config configs/train.py --workdir /tmp/x --init ckpt/ --estimate_memory
+
+Metrics go to WORKDIR/metrics.jsonl and TensorBoard files in WORKDIR/tensorboard/; checkpoints to
+WORKDIR/checkpoints/. `--export DIR` writes unet.pth, pose_net.pth and face_encoder.pth of a
+saved step in the release's format (PyTorch StableAnimator loads them).
+"""
+
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from absl import flags
+from ml_collections import config_flags
+
+import configs
+from tools import setup_logging
+
+logger = logging.getLogger('sa-train')
+DEFAULT_CONFIG = str(Path(configs.__file__).resolve().parent / 'train.py')
+
+
+def _flags(argv: Sequence[str]) -> flags.FlagValues:
+  """absl flags on a private FlagValues (ml_collections registers the --config.* overrides it finds in argv)."""
+  values = flags.FlagValues()
+  argv = ['sa-train', *argv]
+  config_flags.DEFINE_config_file('config', DEFAULT_CONFIG, 'training settings (configs/train.py[:tiny])',
+                                  flag_values=values, lock_config=True, sys_argv=argv)
+  flags.DEFINE_string('workdir', None, 'run folder: checkpoints, metrics, exports', flag_values=values)
+  flags.DEFINE_string('init', None, 'sa-jax checkpoint to fine-tune (sets config.model.init)', flag_values=values)
+  flags.DEFINE_string('export', None, 'write the release .pth files of a saved step to this folder and stop',
+                      flag_values=values)
+  flags.DEFINE_integer('export_step', None, 'step to export (default: the latest)', flag_values=values)
+  flags.DEFINE_bool('ema', False, 'export the EMA of the trained parameters', flag_values=values)
+  flags.DEFINE_bool('overwrite', False, 'let --export replace existing .pth files', flag_values=values)
+  flags.DEFINE_bool('estimate_memory', False, "print XLA's per-device memory of the step and stop",
+                    flag_values=values)
+  flags.DEFINE_bool('progress', True, 'show a progress bar', flag_values=values)
+  flags.DEFINE_bool('debug', False, 'show the traceback of an error', flag_values=values)
+  try:
+    values(argv)
+  except (flags.Error, KeyError, AttributeError, TypeError, ValueError) as err:
+    raise ValueError(str(err).splitlines()[0]) from err
+  if not values.workdir:
+    raise ValueError('--workdir is required')
+  return values
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  args = sys.argv[1:] if argv is None else list(argv)
+  try:
+    _main(args)
+  except (OSError, ValueError, RuntimeError) as err:
+    if '--debug' in args:
+      raise
+    sys.exit(f'sa-train: error: {err}')
+
+
+def _main(argv: Sequence[str]) -> None:
+  values = _flags(argv)
+  config = values.config
+  if values.init:
+    config.model.init = values.init
+  setup_logging()
+  from sa_jax.training import trainer
+  trainer.distributed_init(config)
+  if values.estimate_memory:
+    trainer.check_config(config, values.workdir)
+    estimate = trainer.memory_estimate(config, trainer.model_config(config).models)
+    sys.stdout.write(json.dumps(estimate) + '\n')
+    return
+  if values.export:
+    from convert import release
+    existing = [str(Path(values.export) / f) for f in release.TRAINED_FILES.values()
+                if (Path(values.export) / f).exists()]
+    if existing and not values.overwrite:
+      raise ValueError(f'{", ".join(existing)} exist; pass --overwrite to replace them')
+    written = release.export_release(trainer.exported_params(values.workdir, values.export_step, values.ema),
+                                     values.export, overwrite=values.overwrite)
+    logger.info('exported %s', ', '.join(map(str, written)))
+    return
+  metrics = trainer.train(config, values.workdir, progress=values.progress)
+  logger.info('done: %s', ', '.join(f'{k} {v:.4g}' for k, v in sorted(metrics.items())))
+
+
+if __name__ == '__main__':
+  main()
