@@ -105,7 +105,12 @@ def encode(params: Any, configs: ModelConfigs, batch: Batch, key: jax.Array, con
 
   Args:
     params: holds at least `vae` and `image_encoder`.
+    batch: the data pipeline's batch.
     key: one key; split into the frame posterior draw, the reference noise and its posterior draw.
+  Returns:
+    `Encoded`: target latents `z = posterior.sample() * scaling_factor`, the undropped CLIP token,
+    the unscaled posterior sample of the noise-augmented reference, and the pixels mapped to [-1, 1]
+    (poses) and [0, 1] (masks).
   """
   params = jax.lax.stop_gradient({k: params[k] for k in ('vae', 'image_encoder')})
   b, f, height, width, _ = batch.frames.shape

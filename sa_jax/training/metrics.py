@@ -141,7 +141,8 @@ class MetricWriter:
       with open(tmp, 'w', encoding='utf-8') as f:
         f.writelines(kept)
       os.replace(tmp, self.jsonl_path)
-      logger.info('%s: kept %d lines up to step %d, dropped %d', self.jsonl_path, len(kept), step, dropped)
+      if dropped:
+        logger.info('%s: dropped %d lines past step %d (kept %d)', self.jsonl_path, dropped, step, len(kept))
     finally:
       tmp.unlink(missing_ok=True)
       self._jsonl = open(self.jsonl_path, 'a', encoding='utf-8')

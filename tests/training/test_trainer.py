@@ -327,3 +327,16 @@ def test_cli_errors_are_one_line(tmp_path, init_dir, clip_root, capsys, argv, me
   text = str(exit_info.value)
   assert text.startswith('sa-train: error: ') and message in text and '\n' not in text, text
   assert not (tmp_path / 'w').exists(), 'nothing is written before the checks pass'
+
+
+def test_release_config_passes_its_checks(tmp_path, clip_root):
+  """The untouched release settings start (checked against a release-architecture config.json)."""
+  models = ModelConfigs.from_dict(svd_xt.get_config().to_dict())
+  init = tmp_path / 'release'
+  init.mkdir()
+  (init / checkpoint.CONFIG).write_text(json.dumps(
+      checkpoint.CheckpointConfig(models=models, scheduler=diffusion.ScheduleConfig()).to_json()))
+  config = train_configs.get_config()
+  config.model.init, config.data.roots = str(init), str(clip_root)
+  trainer.check_config(config, tmp_path / 'work')
+  assert trainer.size_multiple(trainer.model_config(config).models) == 64
