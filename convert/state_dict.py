@@ -195,16 +195,24 @@ def convert(state_dict: Mapping[str, np.ndarray], expected: Any, keymap: KeyMap,
   Returns:
     Nested dict of numpy arrays with exactly the paths and shapes of `expected`.
   Raises:
-    CheckpointMismatchError: listing every missing, unexpected and mis-shaped tensor.
+    CheckpointMismatchError: listing every missing, unexpected and mis-shaped tensor, and every
+      tensor that is not floating point or holds NaN or infinite values.
   """
   want = {p: _shape_of(v) for p, v in traverse_util.flatten_dict(expected).items()}
   got: dict[Path, np.ndarray] = {}
   seen: set[Path] = set()
-  unexpected, mismatched = [], []
+  unexpected, mismatched, unusable = [], [], []
   for key, value in state_dict.items():
     if keymap.ignored(key):
       continue
     value = np.asarray(value)
+    if not np.issubdtype(value.dtype, np.floating):
+      unusable.append(f'{key}: dtype {value.dtype}, expected floating point')
+      continue
+    bad = int(value.size - np.count_nonzero(np.isfinite(value)))
+    if bad:
+      unusable.append(f'{key}: {bad} of {value.size} values are NaN or infinite')
+      continue
     path = keymap.to_path(key, value.ndim)
     if path not in want:
       unexpected.append(f'{key} {tuple(value.shape)}')
@@ -217,8 +225,9 @@ def convert(state_dict: Mapping[str, np.ndarray], expected: Any, keymap: KeyMap,
       continue
     got[path] = array.astype(dtype)
   missing = [f'{keymap.to_key(p)} {to_torch_layout(p[-1], np.broadcast_to(np.int8(0), s)).shape}'
-             for p, s in want.items() if p not in seen]
-  if missing or unexpected or mismatched:
+             for p, s in want.items() if p not in seen and keymap.to_key(p) not in
+             {u.split(':')[0] for u in unusable}]
+  if missing or unexpected or mismatched or unusable:
     parts = [f'{source} does not match the model:']
     if missing:
       parts.append(f'  missing ({len(missing)}):{_format(missing)}')
@@ -226,6 +235,8 @@ def convert(state_dict: Mapping[str, np.ndarray], expected: Any, keymap: KeyMap,
       parts.append(f'  unexpected ({len(unexpected)}):{_format(unexpected)}')
     if mismatched:
       parts.append(f'  wrong shape ({len(mismatched)}):{_format(mismatched)}')
+    if unusable:
+      parts.append(f'  unusable values ({len(unusable)}):{_format(unusable)}')
     raise CheckpointMismatchError('\n'.join(parts))
   return traverse_util.unflatten_dict(got)
 

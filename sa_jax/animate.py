@@ -13,8 +13,8 @@ import dataclasses
 import functools
 import logging
 import os
+import re
 import shutil
-import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -29,7 +29,7 @@ from flax import traverse_util
 from jax.sharding import Mesh
 from PIL import Image
 
-from sa_jax import checkpoint, diffusion, sharding
+from sa_jax import checkpoint, diffusion, outputs, sharding
 from sa_jax.checkpoint import CheckpointConfig
 from sa_jax.models import random_init, stable_animator
 from sa_jax.models.stable_animator import ModelConfigs
@@ -124,6 +124,9 @@ def _face_embedding(inputs: Inputs, reference: np.ndarray, dim: int) -> np.ndarr
     embedding = np.asarray(embedding, np.float32).reshape(-1)
     if embedding.shape != (dim,):
       raise ValueError(f'{path}: face embedding has {embedding.size} values, the face encoder needs {dim}')
+    if not np.isfinite(embedding).all():
+      raise ValueError(f'{path}: face embedding holds {int(np.sum(~np.isfinite(embedding)))} NaN or infinite '
+                       'values, expected finite numbers')
     return embedding
   if inputs.insightface_root is not None:
     from sa_jax.prep import faces
@@ -337,13 +340,16 @@ def animate_cases(params: Mapping[str, Any], config: CheckpointConfig, cases: Se
       padded = chunk + [chunk[-1]] * (batch_size - len(chunk))        # one program for every batch
       batch = pipeline.Request.stack([requests[i] for i in padded])
       try:
-        frames = animator.run(on_device, batch, [run.io.seed] * batch_size, progress=progress).frames
+        result = animator.run(on_device, batch, [run.io.seed] * batch_size, progress=progress)
       except (ValueError, RuntimeError) as err:
         for index in chunk:
           yield index, err
         continue
+      finite = np.isfinite(np.asarray(result.decoded)).reshape(batch_size, -1).all(axis=1)
       for row, index in enumerate(chunk):
-        yield index, frames[row]
+        yield index, result.frames[row] if finite[row] else ValueError(
+            'the run produced NaN or infinite values (no video written): check the checkpoint and the '
+            'face embedding')
 
 
 def output_targets(out: str | os.PathLike) -> list[Path]:
@@ -354,20 +360,42 @@ def output_targets(out: str | os.PathLike) -> list[Path]:
   return [out, out.with_suffix('.gif'), out.parent / f'{out.stem}_frames']
 
 
-def check_outputs(outs: Sequence[str | os.PathLike], overwrite: bool) -> None:
-  """Before any work: every output name is valid, and none exists unless `overwrite`."""
-  existing = [str(t) for out in outs for t in output_targets(out) if t.exists()]
+_FRAME_FILE = re.compile(r'frame_\d+\.png')
+
+
+def _is_output(target: Path) -> bool:
+  """Whether an existing output path is one `write_outputs` writes: a plain .mp4/.gif file, or a
+  `_frames/` folder of `frame_<i>.png` files only."""
+  if target.suffix.lower() in ('.mp4', '.gif'):
+    return target.is_file()
+  return target.is_dir() and all(p.is_file() and _FRAME_FILE.fullmatch(p.name) for p in target.iterdir())
+
+
+def check_outputs(outs: Sequence[str | os.PathLike], overwrite: bool,
+                  inputs: Sequence[str | os.PathLike | None] = ()) -> None:
+  """Before any work: every output name is valid; an existing one is replaced only with `overwrite`
+  and only if it is what `write_outputs` writes; none is or holds an input."""
+  existing = [str(t) for out in outs for t in output_targets(out) if os.path.lexists(t)]
   if existing and not overwrite:
     raise FileExistsError(f'outputs exist: {", ".join(existing)}; pass --overwrite to replace them')
+  for out in outs:
+    for target in output_targets(out):
+      outputs.check_target(target, overwrite=overwrite, ours=_is_output, inputs=inputs,
+                           what='an sa-animate output (a video file, or a folder of frame_<i>.png only)')
 
 
-def write_outputs(frames: np.ndarray, out: str | os.PathLike, fps: int, overwrite: bool = False) -> list[Path]:
-  """Writes `OUT.mp4` (H.264), `OUT.gif` and `OUT_frames/frame_<i>.png`, each renamed into place."""
+def write_outputs(frames: np.ndarray, out: str | os.PathLike, fps: int, overwrite: bool = False,
+                  inputs: Sequence[str | os.PathLike | None] = ()) -> list[Path]:
+  """Writes `OUT.mp4` (H.264), `OUT.gif` and `OUT_frames/frame_<i>.png`, each renamed into place
+  (an existing one, checked by `check_outputs`, is removed only after its replacement is there)."""
   out = Path(out)
   targets = output_targets(out)
-  check_outputs([out], overwrite)
+  check_outputs([out], overwrite, inputs)
   out.parent.mkdir(parents=True, exist_ok=True)
-  staging = Path(tempfile.mkdtemp(prefix=f'.{out.stem}.partial-', dir=out.parent))
+  for target in targets[1:]:
+    outputs.remove_stale(target)
+  staging = outputs.staging_path(out)
+  staging.mkdir()
   try:
     n, h, w, _ = frames.shape
     writer = imageio_ffmpeg.write_frames(str(staging / out.name), (w, h), fps=fps, codec='libx264',
@@ -385,12 +413,9 @@ def write_outputs(frames: np.ndarray, out: str | os.PathLike, fps: int, overwrit
     (staging / targets[2].name).mkdir()
     for i, image in enumerate(images):
       image.save(staging / targets[2].name / f'frame_{i}.png')
+    check_outputs([out], overwrite, inputs)
     for target in targets:
-      if target.is_dir():
-        shutil.rmtree(target)
-      elif target.exists():
-        target.unlink()
-      os.replace(staging / target.name, target)
+      outputs.replace(staging / target.name, target)
   finally:
     shutil.rmtree(staging, ignore_errors=True)
   return targets
@@ -411,5 +436,17 @@ def load_model_for(checkpoint_dir: str | os.PathLike | None, run: Any, mesh: Mes
   shardings = None
   if mesh is not None:
     shardings = pipeline.param_shardings(config.models, names, mesh, sharding.rules_from_config(run.mesh.rules))
-  return checkpoint.load(checkpoint_dir, names, shardings, _dtype(run.sampler.dtype))
+  params, config = checkpoint.load(checkpoint_dir, names, shardings, _dtype(run.sampler.dtype))
+  check_finite(params, checkpoint_dir)
+  return params, config
+
+
+def check_finite(params: Mapping[str, Any], source: Any) -> None:
+  """Refuses parameters holding NaN or infinite values, naming the tensors (one reduction each)."""
+  leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+  flags = jax.device_get([jnp.isfinite(x).all() for _, x in leaves])
+  bad = [jax.tree_util.keystr(path) for (path, _), ok in zip(leaves, flags) if not ok]
+  if bad:
+    raise ValueError(f'checkpoint {source}: {len(bad)} parameter tensors hold NaN or infinite values: '
+                     f'{", ".join(bad[:5])}{" ..." if len(bad) > 5 else ""}')
 

@@ -15,15 +15,15 @@ import json
 import logging
 import os
 import shutil
-import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from sa_jax import diffusion
+from sa_jax import diffusion, outputs
 from sa_jax.models import clip
 from sa_jax.models.stable_animator import ModelConfigs
 
@@ -76,30 +76,53 @@ class CheckpointConfig:
                 source=self.source)
 
 
+def is_checkpoint(directory: str | os.PathLike) -> bool:
+  """Whether `directory` is recognisably an sa-jax checkpoint: only `config.json` (JSON with
+  "models") and `params/` in it. Only such a folder may be replaced by `save(overwrite=True)`."""
+  directory = Path(directory)
+  if not directory.is_dir() or directory.is_symlink():
+    return False
+  if {p.name for p in directory.iterdir()} - {CONFIG, PARAMS}:
+    return False
+  try:
+    data = json.loads((directory / CONFIG).read_text())
+  except (OSError, ValueError):
+    return False
+  return isinstance(data, dict) and 'models' in data
+
+
+def check_target(directory: str | os.PathLike, overwrite: bool, inputs: Iterable[Any] = ()) -> None:
+  """Before any work: `directory` may receive a checkpoint (absent, or with `overwrite` one of ours
+  that is not and does not hold an input)."""
+  outputs.check_target(directory, overwrite=overwrite, ours=is_checkpoint, what='an sa-jax checkpoint',
+                       inputs=inputs)
+
+
 def save(directory: str | os.PathLike, params: Mapping[str, Any], config: CheckpointConfig,
-         overwrite: bool = False) -> None:
-  """Writes `params` (network name -> param tree, one per network of `config.models`) and `config`."""
+         overwrite: bool = False, inputs: Iterable[Any] = ()) -> None:
+  """Writes `params` (network name -> param tree, one per network of `config.models`) and `config`.
+
+  The checkpoint is built in a hidden sibling and renamed into place; with `overwrite` an existing
+  checkpoint (and only a checkpoint, `is_checkpoint`) is replaced once the new one is complete.
+  """
   directory = os.path.abspath(os.fspath(directory))
-  if os.path.exists(directory) and not overwrite:
-    raise FileExistsError(f'{directory} exists; pass overwrite=True (--overwrite) to replace it')
+  check_target(directory, overwrite, inputs)
   differ = set(config.models.names) ^ set(params)
   if differ:
     raise ValueError(f'config.models and params must name the same networks; differ in {sorted(differ)}')
-  parent = os.path.dirname(directory)
-  os.makedirs(parent, exist_ok=True)
-  staging = tempfile.mkdtemp(prefix='.' + os.path.basename(directory) + '.', dir=parent)
+  os.makedirs(os.path.dirname(directory), exist_ok=True)
+  staging = outputs.staging_path(directory)
+  staging.mkdir()
   try:
-    with open(os.path.join(staging, CONFIG), 'w') as f:
+    with open(staging / CONFIG, 'w') as f:
       json.dump(config.to_json(), f, indent=2, sort_keys=True)
     checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(os.path.join(staging, PARAMS), dict(params))
+    checkpointer.save(staging / PARAMS, dict(params))
     checkpointer.wait_until_finished()
-    if os.path.exists(directory):
-      shutil.rmtree(directory)
-    os.replace(staging, directory)
-  except BaseException:
+    check_target(directory, overwrite, inputs)
+    outputs.replace(staging, directory)
+  finally:
     shutil.rmtree(staging, ignore_errors=True)
-    raise
   logger.info('saved checkpoint %s', directory)
 
 

@@ -11,6 +11,7 @@ Run settings come from `--config` (default `configs/animate.py`), its fields ove
 """
 
 import argparse
+import dataclasses
 import importlib.util
 import logging
 import sys
@@ -24,7 +25,7 @@ from tqdm import tqdm
 
 import configs
 from sa_jax import animate
-from tools import setup_logging
+from tools import run_main, setup_logging
 
 logger = logging.getLogger('sa-animate')
 DEFAULT_CONFIG = str(Path(configs.__file__).resolve().parent / 'animate.py')
@@ -99,13 +100,7 @@ def run_config(path: str, overrides: Sequence[str]) -> ml_collections.ConfigDict
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-  args = sys.argv[1:] if argv is None else list(argv)
-  try:
-    _main(args)
-  except (OSError, ValueError) as err:
-    if '--debug' in args:
-      raise
-    sys.exit(f'sa-animate: error: {err}')
+  run_main('sa-animate', _main, argv)
 
 
 def _main(argv: Sequence[str]) -> None:
@@ -153,7 +148,8 @@ def _main(argv: Sequence[str]) -> None:
     outs = [out]
   else:
     outs = [out / f'{c.name}.mp4' for c in cases]
-  animate.check_outputs(outs, args.overwrite)
+  inputs = [args.checkpoint, *(value for case in cases for value in dataclasses.astuple(case))]
+  animate.check_outputs(outs, args.overwrite, inputs)
   animate.check_run(run)
 
   cache = animate.enable_compile_cache(run.io.compile_cache, run.io.compile_cache_dir)
@@ -172,7 +168,8 @@ def _main(argv: Sequence[str]) -> None:
         failed += 1
         logger.error('%s: %s', cases[index].folder or cases[index].reference, result)
         continue
-      written = animate.write_outputs(result, outs[index], run.conditioning.fps, overwrite=args.overwrite)
+      written = animate.write_outputs(result, outs[index], run.conditioning.fps, overwrite=args.overwrite,
+                                      inputs=inputs)
       logger.info('%d frames at %dx%d -> %s', len(result), result.shape[2], result.shape[1],
                   ', '.join(map(str, written)))
   if failed:

@@ -7,12 +7,11 @@ r"""`sa-prep`: skeletons, face masks and the face embedding for sa-animate / sa-
 """
 
 import argparse
-import sys
 from collections.abc import Sequence
 
 from sa_jax.prep import pipeline as prep
 from sa_jax.prep import model_files
-from tools import setup_logging
+from tools import run_main, setup_logging
 
 
 def _prepare_parser() -> argparse.ArgumentParser:
@@ -39,7 +38,8 @@ def _prepare_parser() -> argparse.ArgumentParser:
   parser.add_argument('--stride', type=int, default=1, help='keep every K-th source frame')
   parser.add_argument('--whole-image-fallback', action='store_true',
                       help='without a person box, pose the whole frame (reference tools)')
-  parser.add_argument('--overwrite', action='store_true', help='replace a non-empty --out')
+  parser.add_argument('--overwrite', action='store_true', help='replace a non-empty --out (only an sa-prep output)')
+  parser.add_argument('--debug', action='store_true', help='show the traceback of an error')
   return parser
 
 
@@ -49,12 +49,16 @@ def _draw_parser() -> argparse.ArgumentParser:
   parser.add_argument('--keypoints', required=True, help='keypoints.json written by sa-prep')
   parser.add_argument('--out', required=True, help='folder for frame_<i>.png (absent or empty)')
   parser.add_argument('--no-align', action='store_true', help='draw the detected, unaligned keypoints')
-  parser.add_argument('--overwrite', action='store_true', help='replace a non-empty --out')
+  parser.add_argument('--overwrite', action='store_true', help='replace a non-empty --out (only an sa-prep output)')
+  parser.add_argument('--debug', action='store_true', help='show the traceback of an error')
   return parser
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-  argv = list(sys.argv[1:] if argv is None else argv)
+  run_main('sa-prep', _main, argv)
+
+
+def _main(argv: list[str]) -> None:
   setup_logging()
   if argv[:1] == ['draw']:
     args = _draw_parser().parse_args(argv[1:])

@@ -21,7 +21,7 @@ from absl import flags
 from ml_collections import config_flags
 
 import configs
-from tools import setup_logging
+from tools import USER_ERRORS, run_main, setup_logging
 
 logger = logging.getLogger('sa-train')
 DEFAULT_CONFIG = str(Path(configs.__file__).resolve().parent / 'train.py')
@@ -54,13 +54,7 @@ def _flags(argv: Sequence[str]) -> flags.FlagValues:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-  args = sys.argv[1:] if argv is None else list(argv)
-  try:
-    _main(args)
-  except (OSError, ValueError, RuntimeError) as err:
-    if '--debug' in args:
-      raise
-    sys.exit(f'sa-train: error: {err}')
+  run_main('sa-train', _main, argv, errors=(*USER_ERRORS, RuntimeError))
 
 
 def _main(argv: Sequence[str]) -> None:

@@ -22,6 +22,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,9 @@ logger = logging.getLogger(__name__)
 
 FORMAT = 'sa-prep keypoints 1'
 KEYPOINTS_FILE = 'keypoints.json'
+ENTRIES = frozenset({'reference.png', 'reference_face_mask.png', 'face_embedding.npy', 'face_embeddings.npy',
+                     'images', 'poses', 'faces', KEYPOINTS_FILE})   # what `prepare` writes
+_FRAME_FILE = re.compile(r'frame_\d+\.png')
 LAYOUT = {name: [part.start, part.stop] for name, part in keypoints.PARTS}
 
 
@@ -90,14 +94,15 @@ def prepare(out: str | os.PathLike, *, reference: str | os.PathLike | None = Non
   if config.align and reference is None:
     raise ValueError('aligning the skeletons needs a reference image (give one, or --no-align)')
   detector_path, pose_path = model_files.dwpose_files(dwpose_dir, detector, pose_model)
-  staging.check_target(out, config.overwrite)
+  inputs = [reference, video, frame_dir, dwpose_dir, detector, pose_model, insightface_root]
+  staging.check_target(out, config.overwrite, is_prep_folder, inputs)
   reference_image = frames.load_rgb(reference) if reference is not None else None
   source = frames.iter_frames(video, frame_dir, config.stride, config.max_frames)
   try:
     providers = list(providers) if providers else default_providers()
     estimator = PoseEstimator(detector_path, pose_path, providers, config.whole_image_fallback)
     app = faces.load_face_analysis(insightface_root, providers)
-    with staging.staged_dir(out, config.overwrite) as folder:
+    with staging.staged_dir(out, config.overwrite, is_prep_folder, inputs) as folder:
       record: dict[str, Any] = {'format': FORMAT, 'layout': LAYOUT, 'coordinates': 'x / width, y / height',
                                 'generation_size': {'width': config.width, 'height': config.height},
                                 'reference': None, 'alignment': None}
@@ -150,9 +155,24 @@ def redraw(keypoints_file: str | os.PathLike, out: str | os.PathLike, *, align: 
     reference_pose = Pose.from_dict(record['reference'])
   elif align:
     logger.warning('%s has no alignment: drawing the skeletons unaligned', path)
-  with staging.staged_dir(out, overwrite) as folder:
+  with staging.staged_dir(out, overwrite, is_pose_folder, [keypoints_file]) as folder:
     _draw_skeletons(folder, poses, alignment, reference_pose)
   return Path(out)
+
+
+def is_prep_folder(folder: Path) -> bool:
+  """Whether `folder` is recognisably a `prepare` output: its keypoints.json and nothing foreign."""
+  try:
+    record = json.loads((folder / KEYPOINTS_FILE).read_text())
+  except (OSError, ValueError):
+    return False
+  return (isinstance(record, dict) and record.get('format') == FORMAT
+          and not {p.name for p in folder.iterdir()} - ENTRIES)
+
+
+def is_pose_folder(folder: Path) -> bool:
+  """Whether `folder` holds only `frame_<i>.png` files (a `redraw` output)."""
+  return all(p.is_file() and _FRAME_FILE.fullmatch(p.name) for p in folder.iterdir())
 
 
 def _prepare_reference(folder: Path, image: np.ndarray, estimator: PoseEstimator,

@@ -2,50 +2,49 @@
 
 A failure at any point removes the partial sibling and leaves the target as it was; a success replaces the
 target in two renames on the same file system (the old content is deleted only after the new is in place).
+Only an empty folder or one `ours` recognises (sa-prep's own output) is replaced, never one that is or
+holds an input (`sa_jax.outputs`).
 """
 
 import contextlib
 import os
 import shutil
-import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
+from sa_jax import outputs
 
-def check_target(out: str | os.PathLike, overwrite: bool) -> None:
-  """Refuses a target that is a file, or a non-empty folder unless `overwrite`."""
+
+def check_target(out: str | os.PathLike, overwrite: bool, ours: Callable[[Path], bool],
+                 inputs: Iterable[str | os.PathLike | None] = ()) -> None:
+  """Refuses a target that is a file, a non-empty folder without `overwrite`, a non-empty folder that
+  `ours` does not recognise as this tool's output, or one that is or holds an input."""
   out = Path(out)
-  if not out.exists():
+  if out.is_dir() and not out.is_symlink() and not any(out.iterdir()):
+    outputs.check_target(out, overwrite=True, ours=lambda _: True, what='', inputs=inputs)  # empty: fine
     return
-  if not out.is_dir():
+  if os.path.lexists(out) and not out.is_dir():
     raise FileExistsError(f'output {out} exists and is not a folder')
-  if not overwrite and any(out.iterdir()):
+  if os.path.lexists(out) and not overwrite:
     raise FileExistsError(f'output folder {out} is not empty; pass --overwrite to replace it')
+  outputs.check_target(out, overwrite=overwrite, ours=ours, inputs=inputs,
+                       what='an sa-prep output folder (no keypoints.json of sa-prep, or other files in it)')
 
 
 @contextlib.contextmanager
-def staged_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+def staged_dir(out: str | os.PathLike, overwrite: bool, ours: Callable[[Path], bool],
+               inputs: Iterable[str | os.PathLike | None] = ()) -> Iterator[Path]:
   """Yields an empty folder next to `out` that becomes `out` when the block ends without error."""
   out = Path(out)
-  check_target(out, overwrite)
+  inputs = list(inputs)
+  check_target(out, overwrite, ours, inputs)
   out.parent.mkdir(parents=True, exist_ok=True)
-  tag = f'{os.getpid()}-{uuid.uuid4().hex[:8]}'
-  staging = out.parent / f'.{out.name}.partial-{tag}'
+  staging = outputs.staging_path(out)
   staging.mkdir()
   try:
     yield staging
-    check_target(out, overwrite)
-    if out.exists():
-      old = out.parent / f'.{out.name}.old-{tag}'
-      os.rename(out, old)
-      try:
-        os.rename(staging, out)
-      except OSError:
-        os.rename(old, out)
-        raise
-      shutil.rmtree(old)
-    else:
-      os.rename(staging, out)
+    check_target(out, overwrite, ours, inputs)
+    outputs.replace(staging, out)
   finally:
     if staging.exists():
       shutil.rmtree(staging)

@@ -39,7 +39,8 @@ DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
 class TrainingError(RuntimeError):
-  """A run that cannot go on (non-finite loss or gradients); the message names the step."""
+  """A run that cannot go on (a non-finite loss or gradient, or no readable clip for
+  `data.max_skipped_steps` steps in a row); the message names the step."""
 
 
 # ------------------------------------------------------------------------------------- settings

@@ -51,6 +51,20 @@ def test_convert_is_strict_and_lists_every_offender():
   assert 'num_batches_tracked' not in msg
 
 
+def test_non_floating_and_non_finite_tensors_are_refused():
+  expected = {'a': {'kernel': np.zeros((3, 2)), 'bias': np.zeros(2)}, 'b': {'scale': np.zeros(4)}}
+  nan = np.ones((2, 3))
+  nan[0, 1] = np.nan
+  bad = {'a.weight': nan, 'a.bias': np.ones(2, np.int64), 'b.weight': np.array([1, np.inf, -np.inf, 1])}
+  with pytest.raises(sd.CheckpointMismatchError) as e:
+    sd.convert(bad, expected, KEYMAP, source='f.pth')
+  msg = str(e.value)
+  for part in ('unusable values (3)', 'a.weight: 1 of 6 values are NaN or infinite',
+               'a.bias: dtype int64, expected floating point', 'b.weight: 2 of 4 values are NaN or infinite'):
+    assert part in msg, part
+  assert 'missing' not in msg, 'an unusable tensor is reported once, not also as missing'
+
+
 def test_load_state_dict_errors(tmp_path):
   with pytest.raises(FileNotFoundError, match='missing.pth'):
     sd.load_state_dict(tmp_path / 'missing.pth')

@@ -125,17 +125,17 @@ def test_training_folder_without_reference(inputs, animate_folder, tmp_path, cap
 def test_failures_leave_no_output(inputs, tmp_path):
   out = tmp_path / 'out'
   common = ['--video', str(inputs.video), '--out', str(out)]
-  with pytest.raises(FileNotFoundError, match=f'looked for yolox_l.onnx in the DWPose folder {tmp_path}'):
+  with pytest.raises(SystemExit, match=f'sa-prep: error: .*looked for yolox_l.onnx in the DWPose folder {tmp_path}'):
     prep.main([*common, '--reference', str(inputs.reference), '--dwpose-dir', str(tmp_path),
                '--insightface-root', str(inputs.insightface_root)])
-  with pytest.raises(FileNotFoundError, match='pose model not found: .*nope.onnx .given by --pose-model'):
+  with pytest.raises(SystemExit, match='sa-prep: error: .*pose model not found: .*nope.onnx .given by --pose-model'):
     prep.main([*common, '--reference', str(inputs.reference), '--pose-model', str(tmp_path / 'nope.onnx'),
                *_models(inputs)])
-  with pytest.raises(ValueError, match='needs a reference image'):
+  with pytest.raises(SystemExit, match='sa-prep: error: .*needs a reference image'):
     prep.main([*common, *_models(inputs)])
   black = tmp_path / 'black.png'
   Image.fromarray(np.full((64, 48, 3), BLACK, np.uint8)).save(black)
-  with pytest.raises(ValueError, match='no person detected in the reference image'):
+  with pytest.raises(SystemExit, match='sa-prep: error: .*no person detected in the reference image'):
     prep.main([*common, '--reference', str(black), *_models(inputs)])
   assert sorted(p.name for p in tmp_path.iterdir()) == ['black.png']
 
@@ -146,10 +146,16 @@ def test_overwrite(inputs, tmp_path):
   (out / 'old.txt').write_text('old')
   args = ['--frames', str(inputs.video.parent), '--out', str(out), '--no-align', '--max-frames', '1',
           *_models(inputs)]
-  with pytest.raises(FileExistsError, match='is not empty; pass --overwrite'):
+  with pytest.raises(SystemExit, match='sa-prep: error: .*is not empty; pass --overwrite'):
     prep.main(args)
+  with pytest.raises(SystemExit, match='sa-prep: error: .*exists and is not an sa-prep output folder'):
+    prep.main([*args, '--overwrite'])        # old.txt is not ours: never deleted
   assert [p.name for p in out.iterdir()] == ['old.txt']
-  prep.main([*args, '--overwrite'])
+  (out / 'old.txt').unlink()
+  prep.main(args)
+  prep.main([*args, '--overwrite'])          # our own output is replaced
   assert sorted(p.name for p in out.iterdir()) == ['face_embeddings.npy', 'faces', 'images', 'keypoints.json',
                                                    'poses']
   assert sorted(p.name for p in tmp_path.iterdir()) == ['out']
+  with pytest.raises(SystemExit, match='sa-prep: error: .*is or holds the input'):
+    prep.main([*args[:3], str(inputs.video.parent), *args[4:], '--overwrite'])

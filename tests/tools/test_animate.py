@@ -44,6 +44,57 @@ def test_demo_animates_the_bundled_sample(tmp_path, caplog):
     animate_tool.main(['--out', str(out), '--steps', '2'])
 
 
+def test_non_finite_inputs_and_outputs_are_refused(tmp_path, caplog):
+  """A NaN face embedding is refused before compute; an embedding so large that the run overflows
+  gives an error instead of a black video (same program as the demo test: no new compile)."""
+  case = tmp_path / 'case'
+  shutil.copytree(SAMPLE, case)
+  embedding = np.load(SAMPLE / 'face_embedding.npy')
+  for values, message in ((np.where(np.arange(embedding.size) == 3, np.nan, embedding), 'NaN or infinite values'),
+                          (np.full_like(embedding, 3e38), 'the run produced NaN or infinite values')):
+    np.save(case / 'face_embedding.npy', values.astype(np.float32))
+    caplog.clear()
+    with pytest.raises(SystemExit, match='sa-animate: error: 1 of 1 cases failed'):
+      animate_tool.main(['--input', str(case), '--out', str(tmp_path / 'x.mp4'), '--steps', '2'])
+    assert message in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['case'], 'nothing written'
+
+
+def test_checkpoint_with_nan_weights_is_refused_before_compute(tmp_path):
+  from sa_jax import checkpoint
+  params, config = animate.demo_model()
+  params['pose_net']['scale'] = np.full_like(np.asarray(params['pose_net']['scale']), np.nan)
+  checkpoint.save(tmp_path / 'ckpt', params, config)
+  with pytest.raises(SystemExit, match=r"sa-animate: error: checkpoint .*ckpt: 1 parameter tensors hold NaN .*"
+                                       r"\['pose_net'\]\['scale'\]"):
+    animate_tool.main(['--checkpoint', str(tmp_path / 'ckpt'), '--input', str(SAMPLE), '--out', str(tmp_path / 'x.mp4'),
+                       '--steps', '2'])
+  assert not (tmp_path / 'x.mp4').exists()
+
+
+@pytest.mark.parametrize('make, message', [
+    (lambda out: (out.parent / f'{out.stem}_frames').mkdir() or (out.parent / f'{out.stem}_frames' / 'notes.txt')
+     .write_text('mine'), 'is not an sa-animate output'),
+    (lambda out: out.mkdir() or (out / 'a.txt').write_text('mine'), 'is not an sa-animate output'),
+], ids=['foreign-file-in-frames', 'folder-named-like-the-video'])
+def test_overwrite_refuses_what_it_did_not_write(tmp_path, make, message):
+  out = tmp_path / 'x.mp4'
+  make(out)
+  before = sorted(str(p) for p in tmp_path.rglob('*'))
+  with pytest.raises(SystemExit, match=f'sa-animate: error: .*{message}'):
+    animate_tool.main(['--out', str(out), '--steps', '2', '--overwrite'])
+  assert sorted(str(p) for p in tmp_path.rglob('*')) == before
+
+
+def test_output_may_not_hold_an_input(tmp_path):
+  """`--out out.mp4` would replace `out_frames/`, which here is the input case folder."""
+  frames = tmp_path / 'out_frames'
+  shutil.copytree(SAMPLE, frames)
+  with pytest.raises(SystemExit, match='sa-animate: error: output .*out_frames is or holds the input'):
+    animate_tool.main(['--input', str(frames), '--out', str(tmp_path / 'out.mp4'), '--steps', '2', '--overwrite'])
+  assert sorted(p.name for p in frames.iterdir()) == sorted(p.name for p in SAMPLE.iterdir())
+
+
 @pytest.mark.heavy
 def test_checkpoint_with_face_correction(checkpoint_dir, tmp_path):
   out = tmp_path / 'hjb.mp4'
