@@ -3,7 +3,7 @@ r"""`sa-train`: fine-tune StableAnimator (or train the tiny model) into a workdi
   sa-train --config configs/train.py --workdir runs/ft --init ckpt/ \
       --config.data.roots=animation_data/video_rec_path.txt [--config.mesh.shape=data=2,fsdp=4]
   sa-train --config configs/train.py:tiny --workdir runs/tiny --config.data.roots=clips/
-  sa-train --workdir runs/tiny --export runs/tiny/release [--export_step 200] [--ema]
+  sa-train --workdir runs/tiny --export runs/tiny/release [--export_step 300] [--ema]
   sa-train --config configs/train.py --workdir /tmp/x --init ckpt/ --estimate_memory
 
 Metrics go to WORKDIR/metrics.jsonl and TensorBoard files in WORKDIR/tensorboard/; checkpoints to
