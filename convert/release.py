@@ -9,15 +9,17 @@ Release layout (paths can also be given one by one):
 
 The UNet, VAE and CLIP configs come from the diffusers folder; PoseNet, FusionFaceId and the
 IResNet have no config file in the release, so theirs are read off the shapes of their weights.
-`export_release` writes trained params back as the release's three `.pth` files (`TRAINED_FILES`).
+`export_release` writes trained params back as the release's three `.pth` files (`TRAINED_FILES`),
+with an `export.json` manifest by which a later export recognises them as its own.
 """
 
 import dataclasses
+import hashlib
+import json
 import logging
 import os
 import re
-import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -31,7 +33,7 @@ from convert import pose_net as convert_pose_net
 from convert import state_dict as sd
 from convert import unet as convert_unet
 from convert import vae as convert_vae
-from sa_jax import diffusion
+from sa_jax import diffusion, errors, outputs
 from sa_jax.checkpoint import CheckpointConfig
 from sa_jax.models.stable_animator import BY_NAME, NETWORKS, ModelConfigs
 
@@ -65,6 +67,9 @@ if set(CONVERTERS) != set(BY_NAME):
 # The networks StableAnimator fine-tunes -> their file in the release's `Animation/` folder.
 TRAINED_FILES: Mapping[str, str] = {n.name: f'{n.name}.pth' for n in NETWORKS if n.trained}
 EXPORT_DTYPES = ('float32', 'float16', 'bfloat16')
+MANIFEST = 'export.json'  # beside an export: its files' sizes and sha256, to recognise them
+EXPORT_FORMAT = 'sa-jax export 1'
+_HASH_CHUNK = 1 << 24
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,14 +122,54 @@ class ReleasePaths:
     return cls.from_svd(svd, root / 'Animation', face_embedder)
 
   def check(self) -> None:
-    """Raises FileNotFoundError listing every part that is missing."""
+    """Before any conversion: every part exists (FileNotFoundError listing each missing one), each
+    weights file is readable and not empty, and each JSON config parses (errors name the file)."""
     wanted = {'UNet config': self.unet_config / 'config.json', 'VAE': self.vae,
               'image encoder': self.image_encoder, 'unet.pth': self.unet, 'pose_net.pth': self.pose_net,
               'face_encoder.pth': self.face_encoder, 'face embedder': self.face_embedder}
     missing = [f'{name}: {path}' for name, path in wanted.items()
                if path is not None and not Path(path).exists()]
     if missing:
-      raise FileNotFoundError('release files not found:\n  ' + '\n  '.join(missing))
+      raise FileNotFoundError('release files not found: ' + '; '.join(missing))
+    for path in self.weight_files():
+      if not os.access(path, os.R_OK):
+        raise PermissionError(f'weights file {path} is not readable')
+      if os.path.getsize(path) == 0:
+        raise ValueError(f'weights file {path} is empty; expected a state dict')
+    for path, what in ((self.unet_config / 'config.json', 'UNet config'), (self.vae / 'config.json', 'VAE config'),
+                       (self.image_encoder / 'config.json', 'image encoder config')):
+      if not isinstance(sd.read_json(path, what), dict):
+        raise ValueError(f'{path}: the {what} must be a JSON object')
+    self.schedule()
+    self.normalization()
+
+  def schedule(self) -> diffusion.ScheduleConfig:
+    """The sampler's sigma range from `scheduler/scheduler_config.json` (the SVD defaults without it)."""
+    if self.scheduler is None:
+      return diffusion.ScheduleConfig()
+    path = self.scheduler / 'scheduler_config.json'
+    try:
+      return diffusion.ScheduleConfig.from_dict(sd.read_json(path, 'scheduler config'))
+    except (TypeError, KeyError, AttributeError) as err:     # not an object, or fields of the wrong type
+      raise ValueError(f'{path}: not a diffusers scheduler config ({type(err).__name__}: {errors.first_line(err)})'
+                       ) from err
+    except ValueError as err:
+      raise ValueError(f'{path}: {errors.first_line(err)}') from err
+
+  def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """CLIP's `(mean, std)` from `feature_extractor/preprocessor_config.json` (CLIP's own without it)."""
+    try:
+      return convert_clip.read_normalization(self.feature_extractor)
+    except (TypeError, AttributeError) as err:
+      raise ValueError(f'{self.feature_extractor}/preprocessor_config.json: image_mean and image_std must be '
+                       f'lists of numbers ({type(err).__name__}: {errors.first_line(err)})') from err
+
+  def weight_files(self) -> list[Path]:
+    """The weights files the conversion reads (the VAE's and CLIP's found in their folders)."""
+    files = [Path(sd.find_weights(self.vae, 'diffusion_pytorch_model')) if self.vae.is_dir() else self.vae,
+             Path(sd.find_weights(self.image_encoder, 'model')) if self.image_encoder.is_dir()
+             else self.image_encoder]
+    return files + [p for p in (self.unet, self.pose_net, self.face_encoder, self.face_embedder) if p is not None]
 
 
 def _require(tensors: Mapping[str, np.ndarray], keys: tuple[str, ...], source: Path, what: str) -> None:
@@ -187,18 +232,20 @@ def convert_release(paths: ReleasePaths, dtype: Any = np.float32,
     `(params, config)` ready for `sa_jax.checkpoint.save`.
   """
   paths.check()
-  models = ModelConfigs.from_dict(_sections(paths))
+  try:
+    models = ModelConfigs.from_dict(_sections(paths))
+  except (TypeError, KeyError, AttributeError) as err:
+    raise ValueError(f'the model configs of {paths.unet_config.parent} do not fit the networks '
+                     f'({type(err).__name__}: {errors.first_line(err)})') from err
   files = dict(unet=paths.unet, vae=paths.vae, image_encoder=paths.image_encoder, pose_net=paths.pose_net,
                face_encoder=paths.face_encoder, face_embedder=paths.face_embedder)
   params: dict[str, Any] = {}
   for name in models.names:
     params[name] = CONVERTERS[name].load(files[name], getattr(models, name), dtype)
     (progress or (lambda _: None))(name)
-  scheduler = ({} if paths.scheduler is None
-               else sd.read_json(paths.scheduler / 'scheduler_config.json', 'scheduler config'))
-  mean, std = convert_clip.read_normalization(paths.feature_extractor)
+  mean, std = paths.normalization()
   config = CheckpointConfig(
-      models=models, scheduler=diffusion.ScheduleConfig.from_dict(scheduler), image_mean=tuple(mean),
+      models=models, scheduler=paths.schedule(), image_mean=tuple(mean),
       image_std=tuple(std), dtype=np.dtype(dtype).name,
       source={k: str(v) for k, v in dataclasses.asdict(paths).items() if v is not None})
   return params, config
@@ -211,25 +258,126 @@ def _to_torch(torch: Any, array: np.ndarray) -> Any:
   return torch.from_numpy(array)
 
 
+def _sha256(path: Path) -> str:
+  digest = hashlib.sha256()
+  with open(path, 'rb') as f:
+    while chunk := f.read(_HASH_CHUNK):
+      digest.update(chunk)
+  return digest.hexdigest()
+
+
+def _read_manifest(out_dir: Path) -> dict[str, Any] | None:
+  """The `MANIFEST` of `out_dir`, or None where it is absent or not one `export_release` writes."""
+  path = out_dir / MANIFEST
+  if path.is_symlink() or not path.is_file():
+    return None
+  try:
+    manifest = json.loads(path.read_text())
+  except (OSError, ValueError):
+    return None
+  if not isinstance(manifest, dict) or manifest.get('format') != EXPORT_FORMAT:
+    return None
+  return manifest if isinstance(manifest.get('files'), dict) else None
+
+
+def _is_exported(path: Path, manifest: Mapping[str, Any] | None) -> bool:
+  """Whether `path` is unmodified output of an earlier export: a plain file the manifest lists with
+  its size and sha256 (the size is compared first, so a file of another size is not hashed)."""
+  entry = manifest['files'].get(path.name) if manifest is not None else None
+  if not isinstance(entry, dict) or path.is_symlink() or not path.is_file():
+    return False
+  return entry.get('bytes') == path.stat().st_size and entry.get('sha256') == _sha256(path)
+
+
+def _export_targets(out_dir: Path) -> list[Path]:
+  """What an export writes into `out_dir`: the `TRAINED_FILES`, then the `MANIFEST`."""
+  return [out_dir / file for file in (*TRAINED_FILES.values(), MANIFEST)]
+
+
+def _check_export_folder(out_dir: Path, inputs: Iterable[str | os.PathLike | None]) -> None:
+  """Refuses an `out_dir` that is or holds an input, or that exists but is not a folder."""
+  outputs.check_not_input(out_dir, inputs)    # the folder itself is never replaced
+  if os.path.lexists(out_dir) and not out_dir.is_dir():
+    raise FileExistsError(f'export folder {out_dir} exists and is not a folder; expected a folder for '
+                          + ', '.join(TRAINED_FILES.values()))
+
+
+def check_export_target(out_dir: str | os.PathLike, overwrite: bool,
+                        inputs: Iterable[str | os.PathLike | None] = ()) -> None:
+  """Refuses, before any work, an export into `out_dir` that could lose data (one-line FileExistsError).
+
+  Refused: an `out_dir` that is not a folder or that is or holds one of `inputs` (it may lie inside
+  one, e.g. `runs/tiny/release` of the workdir `runs/tiny`); any existing `TRAINED_FILES` or
+  `MANIFEST` without `overwrite`; with it, a `MANIFEST` that is not ours and a `.pth` that the
+  manifest does not list with its size and sha256 (not unmodified output of an earlier export:
+  e.g. the original release). What a killed earlier export left is cleaned up first
+  (`outputs.remove_stale`: a file it had moved aside comes back), so the check sees the real files.
+
+  Args:
+    out_dir: the export folder (absent: fine).
+    overwrite: the user's `--overwrite`.
+    inputs: the run's input paths (None entries are skipped).
+  """
+  out_dir = Path(out_dir)
+  inputs = list(inputs)
+  _check_export_folder(out_dir, inputs)
+  targets = _export_targets(out_dir)
+  for target in targets:
+    outputs.remove_stale(target)
+  existing = [str(t) for t in targets if os.path.lexists(t)]
+  if existing and not overwrite:
+    raise FileExistsError(f'{", ".join(existing)} exist; pass --overwrite to replace them')
+  manifest = _read_manifest(out_dir)
+  if manifest is None and os.path.lexists(out_dir / MANIFEST):
+    raise FileExistsError(f'{out_dir / MANIFEST} exists and is not an sa-jax export manifest '
+                          f'(format {EXPORT_FORMAT!r}); refusing to replace it')
+  for target in targets[:-1]:
+    if os.path.lexists(target) and not _is_exported(target, manifest):
+      raise FileExistsError(f'{target} exists and is not an sa-jax export (no {MANIFEST} entry matching '
+                            'it); refusing to replace it')
+
+
+def _write_pth(torch: Any, tensors: Mapping[str, np.ndarray], path: Path) -> None:
+  with open(path, 'xb') as f:
+    torch.save({key: _to_torch(torch, value) for key, value in tensors.items()}, f)
+
+
+def _write_manifest(files: Mapping[str, Path], path: Path, dtype: Any, source: str | None) -> None:
+  """Writes the `MANIFEST` listing each release file name with the size and sha256 of `files[name]`."""
+  entries = {name: {'sha256': _sha256(file), 'bytes': file.stat().st_size} for name, file in files.items()}
+  manifest = {'format': EXPORT_FORMAT, 'files': entries, 'dtype': np.dtype(dtype).name, 'source': source}
+  with open(path, 'x') as f:
+    f.write(json.dumps(manifest, indent=2) + '\n')
+
+
 def export_release(params: Mapping[str, Any], out_dir: str | os.PathLike, *, overwrite: bool = False,
-                   dtype: Any = np.float32) -> list[Path]:
+                   dtype: Any = np.float32, inputs: Iterable[str | os.PathLike | None] = (),
+                   source: str | None = None) -> list[Path]:
   """Writes the trained networks back as the release's `unet.pth`, `pose_net.pth`, `face_encoder.pth`.
 
   Each file is a `torch.save`d state dict with the release's names and layouts, so `convert_release`
-  (and StableAnimator itself) reads it back strictly. All three are written to temporary names in
-  `out_dir` first and renamed into place only once every one is complete; on failure no partial
-  file is left. Multi-host callers must pass fully addressable (e.g. replicated) arrays.
+  (and StableAnimator itself) reads it back strictly. Beside them goes `MANIFEST` (`export.json`:
+  each file's size and sha256), by which a later `overwrite` export recognises them as its own
+  (`check_export_target`, run before any work and again before the commit). Everything is staged
+  under hidden `outputs.staging_path` names and renamed into place only once all is complete
+  (`outputs.commit`), the manifest last: a present manifest only ever lists files already in place,
+  and as it vouches by hash it can never make a foreign file look ours. A crash in the middle of
+  the commit leaves new `.pth` files the old manifest does not match, so the next export refuses
+  them rather than guess; on any failure before it, the folder is as it was (no partial file left).
+  Multi-host callers must pass fully addressable (e.g. replicated) arrays.
 
   Args:
     params: network name -> Flax param tree (numpy or jax arrays); must hold every `TRAINED_FILES`
       network, others are ignored.
     out_dir: folder to write into (created if needed).
-    overwrite: replace existing files of those names (default: refuse).
+    overwrite: replace files of an earlier export (default: refuse any existing file).
     dtype: tensor dtype of the files: float32, float16 or bfloat16 (numpy / ml_dtypes).
+    inputs: the run's input paths: `out_dir` may not be or hold one.
+    source: where `params` come from, recorded in the manifest.
   Returns:
-    The written paths, in `TRAINED_FILES` order.
+    The written `.pth` paths, in `TRAINED_FILES` order.
   Raises:
-    FileExistsError: naming the files that exist, unless `overwrite`.
+    FileExistsError: as `check_export_target`.
   """
   try:
     import torch
@@ -240,23 +388,23 @@ def export_release(params: Mapping[str, Any], out_dir: str | os.PathLike, *, ove
     raise ValueError(f'params lack {missing}; export needs {list(TRAINED_FILES)}, got {sorted(params)}')
   if np.dtype(dtype).name not in EXPORT_DTYPES:
     raise ValueError(f'export dtype {np.dtype(dtype).name!r} is not one of {EXPORT_DTYPES}')
-  out_dir = Path(out_dir)
-  targets = {name: out_dir / file for name, file in TRAINED_FILES.items()}
-  existing = [str(p) for p in targets.values() if os.path.lexists(p)]
-  if existing and not overwrite:
-    raise FileExistsError(f'{", ".join(existing)} exist(s); pass overwrite=True to replace')
+  out_dir, inputs = Path(out_dir), list(inputs)
+  check_export_target(out_dir, overwrite, inputs)
   out_dir.mkdir(parents=True, exist_ok=True)
-  staged: dict[str, Path] = {}
+  staged: dict[Path, Path] = {}  # target -> its staged file
   try:
-    for name, target in targets.items():
+    for name, file in TRAINED_FILES.items():
+      target = out_dir / file
+      staged[target] = outputs.staging_path(target)
       tensors = CONVERTERS[name].export(jax.device_get(params[name]), dtype)
-      staged[name] = out_dir / f'.{target.name}.{uuid.uuid4().hex}.tmp'
-      with open(staged[name], 'xb') as f:
-        torch.save({key: _to_torch(torch, value) for key, value in tensors.items()}, f)
+      _write_pth(torch, tensors, staged[target])
       logger.info('exported %s (%d tensors)', target, len(tensors))
-    for name, target in targets.items():
-      os.replace(staged.pop(name), target)
+    files = {target.name: path for target, path in staged.items()}
+    staged[out_dir / MANIFEST] = outputs.staging_path(out_dir / MANIFEST)
+    _write_manifest(files, staged[out_dir / MANIFEST], dtype, source)
+    check_export_target(out_dir, overwrite, inputs)
+    outputs.commit([(s, t) for t, s in staged.items()])
   finally:
-    for tmp in staged.values():
-      tmp.unlink(missing_ok=True)
-  return list(targets.values())
+    for path in staged.values():
+      path.unlink(missing_ok=True)
+  return [out_dir / file for file in TRAINED_FILES.values()]

@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 from flax import traverse_util
 
+from sa_jax import errors
+
 logger = logging.getLogger(__name__)
 
 Path = tuple[str, ...]
@@ -41,7 +43,7 @@ def _read_pth(path: str) -> dict[str, np.ndarray]:
     # weights_only: never unpickle arbitrary objects from a downloaded file.
     obj = torch.load(path, map_location='cpu', weights_only=True)
   except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, pickle.UnpicklingError) as e:
-    raise ValueError(f'{path}: not a readable torch state dict ({type(e).__name__}: {e})') from e
+    raise ValueError(f'{path}: not a readable torch state dict ({type(e).__name__}: {errors.first_line(e)})') from e
   if not isinstance(obj, Mapping):
     raise ValueError(f'{path}: expected a state dict (mapping of name to tensor), got {type(obj).__name__}')
   out = {}
@@ -60,7 +62,7 @@ def _read_safetensors(path: str) -> dict[str, np.ndarray]:
   try:
     return dict(load_file(path))
   except Exception as e:  # safetensors raises its own error types for corrupt headers
-    raise ValueError(f'{path}: not a readable safetensors file ({type(e).__name__}: {e})') from e
+    raise ValueError(f'{path}: not a readable safetensors file ({type(e).__name__}: {errors.first_line(e)})') from e
 
 
 def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:

@@ -29,7 +29,7 @@ from flax import traverse_util
 from jax.sharding import Mesh
 from PIL import Image
 
-from sa_jax import checkpoint, diffusion, outputs, sharding
+from sa_jax import checkpoint, diffusion, errors, outputs, sharding
 from sa_jax.checkpoint import CheckpointConfig
 from sa_jax.models import random_init, stable_animator
 from sa_jax.models.stable_animator import ModelConfigs
@@ -96,16 +96,6 @@ def find_cases(paths: Sequence[str | os.PathLike]) -> list[Path]:
   return cases
 
 
-def _read_mask(path: Path) -> np.ndarray:
-  if not path.is_file():
-    raise FileNotFoundError(f'mask not found: {path}')
-  try:
-    with Image.open(path) as image:
-      return np.array(image.convert('L'))
-  except OSError as err:
-    raise ValueError(f'cannot read mask {path}: {err}') from err
-
-
 def _resize(image: np.ndarray, width: int, height: int, resample: int) -> np.ndarray:
   if image.shape[:2] == (height, width):
     return image
@@ -119,8 +109,13 @@ def _face_embedding(inputs: Inputs, reference: np.ndarray, dim: int) -> np.ndarr
       raise FileNotFoundError(f'face embedding not found: {path}')
     try:
       embedding = np.load(path, allow_pickle=False)
-    except ValueError as err:
-      raise ValueError(f'{path}: not a numpy .npy array ({err})') from err
+    except (ValueError, EOFError, OSError) as err:     # pickled, empty, truncated, not numpy
+      raise ValueError(f'{path}: not a numpy .npy array ({errors.first_line(err)})') from err
+    if not isinstance(embedding, np.ndarray):
+      embedding.close()
+      raise ValueError(f'{path}: a numpy .npz archive, expected one .npy array')
+    if not np.issubdtype(embedding.dtype, np.floating):
+      raise ValueError(f'{path}: face embedding has dtype {embedding.dtype}, expected floating point')
     embedding = np.asarray(embedding, np.float32).reshape(-1)
     if embedding.shape != (dim,):
       raise ValueError(f'{path}: face embedding has {embedding.size} values, the face encoder needs {dim}')
@@ -168,12 +163,12 @@ def load_request(inputs: Inputs, run: Any, embedding_dim: int) -> pipeline.Reque
       raise ValueError(f'{len(mask_files)} face masks in {inputs.face_masks} but {n} poses in '
                        f'{inputs.poses}: need one mask per pose frame')
     for i, path in enumerate(mask_files[:n]):
-      mask = _read_mask(path)
+      mask = frame_io.load_mask(path)
       if mask.shape != (height, width):
         raise ValueError(f'face mask {path} is {mask.shape[1]}x{mask.shape[0]}; masks must be at the '
                          f'generation size {width}x{height} (sa-prep --width/--height)')
       boxes[i] = hjb.face_box(mask, str(path))
-    mask = _read_mask(Path(inputs.reference_face_mask))
+    mask = frame_io.load_mask(inputs.reference_face_mask)
     if mask.shape != reference.shape[:2]:
       raise ValueError(f'reference face mask {inputs.reference_face_mask} is {mask.shape[1]}x{mask.shape[0]}, '
                        f'the reference image {reference.shape[1]}x{reference.shape[0]}: they must match')
@@ -267,17 +262,44 @@ def enable_compile_cache(enabled: bool, folder: str = '') -> Path | None:
 
 
 def check_run(run: Any) -> None:
-  """Run settings a run cannot start with, each named with the value received and the one expected."""
+  """Run settings a run cannot start with, each named with the value received and the one expected
+  (before anything is read or compiled)."""
   at_least = {'sampler.num_steps': 1, 'sampler.tile_size': 1, 'sampler.tile_overlap': 0,
               'sampler.decode_chunk_size': 1, 'sampler.unet_batch_size': 1, 'sampler.query_chunk_size': 1,
-              'conditioning.fps': 1, 'io.width': 0, 'io.height': 0, 'io.num_frames': 0, 'io.batch_size': 1,
+              'conditioning.fps': 1, 'conditioning.motion_bucket_id': 0, 'conditioning.noise_aug_strength': 0,
+              'io.width': 0, 'io.height': 0, 'io.num_frames': 0, 'io.batch_size': 1,
               'hjb.start': 0, 'hjb.iterations': 1}
   for field, low in at_least.items():
     section, key = field.split('.')
     value = run[section][key]
-    if value is not None and value < low:
+    if value is not None and not value >= low:       # `not >=` also refuses NaN
       raise ValueError(f'{field} is {value}; expected >= {low}')
-  _dtype(run.sampler.dtype)
+  s, h = run.sampler, run.hjb
+  if s.tile_overlap >= s.tile_size:
+    raise ValueError(f'sampler.tile_overlap {s.tile_overlap} must be below sampler.tile_size {s.tile_size}')
+  for field, value in (('sampler.guidance', s.guidance), ('sampler.min_guidance', s.min_guidance)):
+    if value is not None and not np.isfinite(value):
+      raise ValueError(f'{field} is {value}; expected a finite number')
+  if h.enabled:
+    if h.end < h.start:
+      raise ValueError(f'hjb.end {h.end} is before hjb.start {h.start}: no step would be refined')
+    if h.start >= s.num_steps:
+      raise ValueError(f'hjb.start {h.start} but only {s.num_steps} steps (0-based): no step would be refined')
+    if not h.eta > 0:
+      raise ValueError(f'hjb.eta is {h.eta}; expected > 0')
+  _dtype(s.dtype)
+
+
+def check_checkpoint(checkpoint_dir: str | os.PathLike | None, run: Any) -> CheckpointConfig:
+  """The config of the model a run will use (the demo's without `checkpoint_dir`), checked against
+  the run before any parameter is read."""
+  if checkpoint_dir is None:
+    return demo_config()
+  config = checkpoint.load_config(checkpoint_dir)
+  if run.hjb.enabled and config.models.face_embedder is None:
+    raise ValueError(f'the HJB face correction needs the face embedder, which {checkpoint_dir} lacks: convert '
+                     'the release with sa-convert --face-embedder glintr100_torch.pth')
+  return config
 
 
 def check_model(params: Mapping[str, Any], config: CheckpointConfig, run: Any) -> None:
@@ -309,24 +331,47 @@ def animate(params: Mapping[str, Any], config: CheckpointConfig, inputs: Inputs,
   return frames[0], decoded[0], latents[0]
 
 
+def read_cases(cases: Sequence[Inputs], run: Any, embedding_dim: int
+               ) -> tuple[dict[int, pipeline.Request], dict[int, Exception]]:
+  """Every case's inputs read and checked (`load_request`): `(requests, failures)` by case index."""
+  requests, failures = {}, {}
+  for index, inputs in enumerate(cases):
+    try:
+      requests[index] = load_request(inputs, run, embedding_dim)
+    except (OSError, ValueError) as err:
+      failures[index] = err
+  return requests, failures
+
+
+def output_bytes(request: pipeline.Request) -> int:
+  """A lower bound of the bytes `write_outputs` writes for one video (its GIF alone holds about a
+  byte per pixel and frame)."""
+  return int(np.prod(request.poses.shape[:3]))
+
+
 def animate_cases(params: Mapping[str, Any], config: CheckpointConfig, cases: Sequence[Inputs], run: Any,
                   mesh: Mesh | None = None, progress: Callable[[int], None] | None = None
                   ) -> Iterator[tuple[int, np.ndarray | Exception]]:
-  """Animates many cases, `run.io.batch_size` of one size per compiled call.
-
-  Every case is read and checked first; a case that fails yields its exception (and the others
-  go on). Yields `(case index, frames [F, H, W, 3] uint8 or the exception)` as each batch finishes.
-  Params are placed on the mesh's shardings (when there is one) unless they already are.
-  """
+  """Animates many cases (`read_cases`, then `animate_requests`); a case whose inputs fail yields
+  its exception first."""
   check_model(params, config, run)
   check_run(run)
+  requests, failures = read_cases(cases, run, config.models.face_encoder.id_embeddings_dim)
+  yield from failures.items()
+  yield from animate_requests(params, config, requests, run, mesh, progress)
+
+
+def animate_requests(params: Mapping[str, Any], config: CheckpointConfig, requests: Mapping[int, pipeline.Request],
+                     run: Any, mesh: Mesh | None = None, progress: Callable[[int], None] | None = None
+                     ) -> Iterator[tuple[int, np.ndarray | Exception]]:
+  """Animates read cases (`read_cases`), `run.io.batch_size` of one size per compiled call.
+
+  Yields `(case index, frames [F, H, W, 3] uint8 or the exception)` as each batch finishes; a
+  batch that fails yields its exception for each of its cases and the others go on. Params are
+  placed on the mesh's shardings (when there is one) unless they already are.
+  """
+  check_model(params, config, run)
   batch_size = run.io.batch_size
-  requests: dict[int, pipeline.Request] = {}
-  for index, inputs in enumerate(cases):
-    try:
-      requests[index] = load_request(inputs, run, config.models.face_encoder.id_embeddings_dim)
-    except (OSError, ValueError) as err:
-      yield index, err
   groups: dict[tuple, list[int]] = {}
   for index, request in requests.items():
     groups.setdefault(tuple(np.shape(x) for x in request), []).append(index)
@@ -336,6 +381,7 @@ def animate_cases(params: Mapping[str, Any], config: CheckpointConfig, cases: Se
     if on_device is None:
       on_device = _on_device({n: params[n] for n in animator.needs}, run.sampler.dtype, animator.param_shardings())
     for start in range(0, len(indices), batch_size):
+      outputs.check_interrupted()
       chunk = indices[start:start + batch_size]
       padded = chunk + [chunk[-1]] * (batch_size - len(chunk))        # one program for every batch
       batch = pipeline.Request.stack([requests[i] for i in padded])
@@ -361,14 +407,32 @@ def output_targets(out: str | os.PathLike) -> list[Path]:
 
 
 _FRAME_FILE = re.compile(r'frame_\d+\.png')
+MP4_COMMENT = f'written by sa-animate ({outputs.SIGNATURE})'
+_MP4_TAIL_BYTES = 1 << 22   # the moov box of even a long clip (its sample tables) fits
 
 
 def _is_output(target: Path) -> bool:
-  """Whether an existing output path is one `write_outputs` writes: a plain .mp4/.gif file, or a
-  `_frames/` folder of `frame_<i>.png` files only."""
-  if target.suffix.lower() in ('.mp4', '.gif'):
-    return target.is_file()
-  return target.is_dir() and all(p.is_file() and _FRAME_FILE.fullmatch(p.name) for p in target.iterdir())
+  """Whether an existing output path is one `write_outputs` wrote: an .mp4 or .gif file carrying
+  its comment, or a `_frames/` folder of signed `frame_<i>.png` files only."""
+  if target.is_symlink():
+    return False
+  if target.suffix.lower() == '.mp4':
+    return target.is_file() and _has_mp4_comment(target)
+  if target.suffix.lower() == '.gif':
+    try:
+      with Image.open(target) as image:
+        return image.format == 'GIF' and image.info.get('comment') == outputs.SIGNATURE.encode()
+    except (OSError, ValueError):
+      return False
+  return target.is_dir() and all(p.is_file() and _FRAME_FILE.fullmatch(p.name) and frame_io.is_signed(p)
+                                 for p in target.iterdir())
+
+
+def _has_mp4_comment(path: Path) -> bool:
+  """Whether the MP4's metadata (in its `moov` box, which ffmpeg writes at the end) holds our comment."""
+  with open(path, 'rb') as f:
+    f.seek(max(0, path.stat().st_size - _MP4_TAIL_BYTES))
+    return MP4_COMMENT.encode() in f.read()
 
 
 def check_outputs(outs: Sequence[str | os.PathLike], overwrite: bool,
@@ -399,7 +463,8 @@ def write_outputs(frames: np.ndarray, out: str | os.PathLike, fps: int, overwrit
   try:
     n, h, w, _ = frames.shape
     writer = imageio_ffmpeg.write_frames(str(staging / out.name), (w, h), fps=fps, codec='libx264',
-                                         pix_fmt_out='yuv420p', macro_block_size=1)
+                                         pix_fmt_out='yuv420p', macro_block_size=1,
+                                         output_params=['-metadata', f'comment={MP4_COMMENT}'])
     with warnings.catch_warnings():
       # ffmpeg is started with fork+exec, which is safe; JAX warns about any fork.
       warnings.filterwarnings('ignore', message='os.fork', category=RuntimeWarning)
@@ -409,13 +474,12 @@ def write_outputs(frames: np.ndarray, out: str | os.PathLike, fps: int, overwrit
     writer.close()
     images = [Image.fromarray(f) for f in frames]
     images[0].save(staging / targets[1].name, save_all=True, append_images=images[1:],
-                   duration=round(1000 / fps), loop=0)
+                   duration=round(1000 / fps), loop=0, comment=outputs.SIGNATURE)
     (staging / targets[2].name).mkdir()
-    for i, image in enumerate(images):
-      image.save(staging / targets[2].name / f'frame_{i}.png')
+    for i, frame in enumerate(frames):
+      frame_io.save_rgb(staging / targets[2].name / f'frame_{i}.png', frame)
     check_outputs([out], overwrite, inputs)
-    for target in targets:
-      outputs.replace(staging / target.name, target)
+    outputs.commit([(staging / target.name, target) for target in targets])
   finally:
     shutil.rmtree(staging, ignore_errors=True)
   return targets
@@ -429,10 +493,7 @@ def load_model_for(checkpoint_dir: str | os.PathLike | None, run: Any, mesh: Mes
   if checkpoint_dir is None:
     params, config = demo_model()
     return {n: params[n] for n in names}, config
-  config = checkpoint.load_config(checkpoint_dir)
-  if run.hjb.enabled and config.models.face_embedder is None:
-    raise ValueError(f'the HJB face correction needs the face embedder, which {checkpoint_dir} lacks: convert '
-                     'the release with sa-convert --face-embedder glintr100_torch.pth')
+  config = check_checkpoint(checkpoint_dir, run)
   shardings = None
   if mesh is not None:
     shardings = pipeline.param_shardings(config.models, names, mesh, sharding.rules_from_config(run.mesh.rules))

@@ -14,6 +14,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -23,7 +24,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from sa_jax import diffusion, outputs
+from sa_jax import diffusion, errors, outputs
 from sa_jax.models import clip
 from sa_jax.models.stable_animator import ModelConfigs
 
@@ -31,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 CONFIG = 'config.json'
 PARAMS = 'params'
+OS_ERROR_CODE = re.compile(r"\[os_error_code='(\d+)'\]")  # tensorstore's note of a failed write's errno
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,11 +116,7 @@ def save(directory: str | os.PathLike, params: Mapping[str, Any], config: Checkp
   staging = outputs.staging_path(directory)
   staging.mkdir()
   try:
-    with open(staging / CONFIG, 'w') as f:
-      json.dump(config.to_json(), f, indent=2, sort_keys=True)
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(staging / PARAMS, dict(params))
-    checkpointer.wait_until_finished()
+    _write(staging, params, config, directory)
     check_target(directory, overwrite, inputs)
     outputs.replace(staging, directory)
   finally:
@@ -126,18 +124,79 @@ def save(directory: str | os.PathLike, params: Mapping[str, Any], config: Checkp
   logger.info('saved checkpoint %s', directory)
 
 
+def _write(staging: Path, params: Mapping[str, Any], config: CheckpointConfig, directory: str) -> None:
+  """Writes the checkpoint into `staging`; a failed write is one OSError naming `directory` and the cause."""
+  try:
+    with open(staging / CONFIG, 'w') as f:
+      json.dump(config.to_json(), f, indent=2, sort_keys=True)
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(staging / PARAMS, dict(params))
+    checkpointer.wait_until_finished()
+  except Exception as err:  # orbax and tensorstore wrap the OSError of a failed write in their own types
+    raise OSError(f'writing checkpoint {directory} failed: {_write_cause(err)}') from err
+
+
+def _chain(err: BaseException) -> list[BaseException]:
+  """`err` and the exceptions it was raised from or while handling, outermost first."""
+  chain = []
+  while err is not None and err not in chain:
+    chain.append(err)
+    err = err.__cause__ or err.__context__
+  return chain
+
+
+def _write_cause(err: Exception) -> str:
+  """The system error of a failed write ("No space left on device"), else the innermost message."""
+  chain = _chain(err)
+  for link in chain:
+    if isinstance(link, OSError) and link.errno:
+      return link.strerror or os.strerror(link.errno)
+  for link in chain:
+    if code := OS_ERROR_CODE.search(str(link)):
+      return os.strerror(int(code[1]))
+  return next((errors.first_line(link) for link in reversed(chain) if str(link).strip()), type(err).__name__)
+
+
 def load_config(directory: str | os.PathLike) -> CheckpointConfig:
-  """The config of a checkpoint directory."""
+  """The config of a checkpoint directory; any fault is one error naming its `config.json`."""
   path = os.path.join(os.fspath(directory), CONFIG)
   if not os.path.isfile(path):
     raise FileNotFoundError(f'{directory} is not an sa-jax checkpoint: no {CONFIG} '
                             '(make one with sa-convert)')
-  with open(path) as f:
-    try:
+  try:
+    with open(path) as f:
       data = json.load(f)
-    except json.JSONDecodeError as err:
-      raise ValueError(f'{path}: not valid JSON ({err})') from err
-  return CheckpointConfig.from_json(data)
+  except OSError as err:
+    raise OSError(f'{path}: cannot read ({err.strerror or err})') from err
+  except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
+    raise ValueError(f'{path}: not valid JSON ({err})') from err
+  if not isinstance(data, dict):
+    raise ValueError(f'{path}: holds a JSON {type(data).__name__}, expected an object with "models"')
+  try:
+    return CheckpointConfig.from_json(data)
+  except ValueError as err:
+    raise ValueError(f'{path}: {errors.one_line(err)}') from err
+  except (TypeError, KeyError, AttributeError) as err:  # a section of the wrong type
+    raise ValueError(f'{path}: wrong structure ({type(err).__name__}: {errors.first_line(err)})') from err
+
+
+def _tree_metadata(directory: str, path: str) -> dict[str, Any]:
+  """Network name -> metadata tree of the orbax tree at `path` (checkpoint `directory`)."""
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f'checkpoint {directory}: {PARAMS}/ is missing (not an sa-jax checkpoint, or an '
+                            'interrupted copy)')
+  try:
+    metadata = ocp.PyTreeCheckpointer().metadata(path).item_metadata
+  except Exception as err:  # orbax and tensorstore raise many types
+    raise ValueError(f'checkpoint {directory} is truncated or corrupt: {errors.first_line(err)}') from err
+  if metadata is None:
+    raise ValueError(f'checkpoint {directory} is truncated or corrupt: {PARAMS}/ has no readable orbax '
+                     'tree metadata')
+  tree = getattr(metadata, 'tree', metadata)  # orbax >= 0.12 wraps the tree in a TreeMetadata
+  if not isinstance(tree, dict):
+    raise ValueError(f'checkpoint {directory}: {PARAMS}/ holds a {type(tree).__name__}, expected a tree of '
+                     'networks by name')
+  return tree
 
 
 def load(directory: str | os.PathLike, networks: Sequence[str] | None = None,
@@ -160,8 +219,11 @@ def load(directory: str | os.PathLike, networks: Sequence[str] | None = None,
   if absent:
     raise ValueError(f'checkpoint {directory} has no {absent}; it holds {list(available)}')
   path = os.path.join(directory, PARAMS)
-  checkpointer = ocp.PyTreeCheckpointer()
-  metadata = checkpointer.metadata(path).item_metadata
+  metadata = _tree_metadata(directory, path)
+  missing = [n for n in networks if n not in metadata]
+  if missing:
+    raise ValueError(f'checkpoint {directory}: {PARAMS}/ holds no network {" or ".join(map(repr, missing))} '
+                     f'(it has {sorted(metadata)})')
 
   def leaf(meta, sharding=None):
     cast = dtype if dtype is not None and np.issubdtype(meta.dtype, np.floating) else meta.dtype
@@ -172,8 +234,11 @@ def load(directory: str | os.PathLike, networks: Sequence[str] | None = None,
     shard = (shardings or {}).get(name)
     target[name] = jax.tree.map(leaf, metadata[name], shard) if shard is not None else jax.tree.map(
         leaf, metadata[name])
-  restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
-      item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True))
+  try:
+    restored = ocp.PyTreeCheckpointer().restore(path, args=ocp.args.PyTreeRestore(
+        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True))
+  except Exception as err:  # orbax and tensorstore raise many types
+    raise ValueError(f'checkpoint {directory} is truncated or corrupt: {errors.first_line(err)}') from err
   return dict(restored), config
 
 

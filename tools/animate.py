@@ -17,18 +17,23 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+import imageio_ffmpeg
 import ml_collections
 from absl import flags
 from ml_collections import config_flags
 from tqdm import tqdm
 
 import configs
-from sa_jax import animate
+from sa_jax import animate, errors, outputs
+from sa_jax.sampling import pipeline
 from tools import run_main, setup_logging
 
 logger = logging.getLogger('sa-animate')
 DEFAULT_CONFIG = str(Path(configs.__file__).resolve().parent / 'animate.py')
+# --out suffixes of a file sa-animate does not write (other suffixes name an output folder).
+NOT_FOLDERS = ('.gif', '.png', '.jpg', '.jpeg', '.webp', '.avi', '.mov', '.mkv', '.webm', '.m4v', '.mpg', '.mpeg')
 # Short flag -> (config field, type, help).
 SHORT_FLAGS = {
     'width': ('io.width', int, 'generation width, a multiple of 64 (0: the reference\'s)'),
@@ -99,11 +104,37 @@ def run_config(path: str, overrides: Sequence[str]) -> ml_collections.ConfigDict
   return values.config
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-  run_main('sa-animate', _main, argv)
+@dataclasses.dataclass(frozen=True)
+class Job:
+  """A checked sa-animate run: every option, output and input verified, nothing loaded or compiled.
+
+  Attributes:
+    run: the run settings (`configs/animate.py` with the flags applied).
+    checkpoint: the checkpoint folder, None for the demo model.
+    cases: each case's input files.
+    outs: each case's output `.mp4` (its `.gif` and `_frames/` beside it).
+    requests: the read inputs of every readable case, by case index.
+    failures: the cases whose inputs cannot be used, by case index.
+    inputs: every input path of the run (no output may be or hold one).
+    mesh: the device mesh, None for one device.
+    overwrite: the user's `--overwrite`.
+  """
+  run: ml_collections.ConfigDict
+  checkpoint: str | None
+  cases: list[animate.Inputs]
+  outs: list[Path]
+  requests: dict[int, pipeline.Request]
+  failures: dict[int, Exception]
+  inputs: list[Any]
+  mesh: Any
+  overwrite: bool
 
 
-def _main(argv: Sequence[str]) -> None:
+def validate(argv: Sequence[str]) -> Job:
+  """Parses and checks a whole sa-animate command line before any model is loaded or compiled:
+  options and their combinations, the checkpoint's config, every output path (replaceable, writable,
+  room for the videos) and every case's files (read here). Usage errors exit with status 2; the
+  rest raise one-line `OSError`/`ValueError`s naming the path or option."""
   parser = _parser()
   args, rest = parser.parse_known_args(argv)
   stray = [a for a in rest if not a.startswith('--config.')]
@@ -122,8 +153,8 @@ def _main(argv: Sequence[str]) -> None:
     run.hjb.enabled = True
   if args.no_compile_cache:
     run.io.compile_cache = False
-  setup_logging()
-
+  if args.input and (args.reference or args.poses):
+    parser.error('give either --input or --reference/--poses, not both')
   if args.input:
     cases = [animate.Inputs(folder=c, insightface_root=args.insightface_root)
              for c in animate.find_cases(args.input)]
@@ -137,39 +168,76 @@ def _main(argv: Sequence[str]) -> None:
     cases = [animate.Inputs(folder=animate.SAMPLE_DIR)]
     if args.width is None and args.height is None:
       run.io.width = run.io.height = 0          # the sample's own size
-  if args.checkpoint is None:
-    logger.info('no --checkpoint: using the DEMO model, the tiny config with seeded random weights. The '
-                'output shows the pipeline running, not a trained model; convert the release with '
-                'sa-convert for real results.')
+  animate.check_run(run)
   out = Path(args.out)
   if out.suffix.lower() == '.mp4':
     if len(cases) > 1:
       parser.error(f'{len(cases)} cases need an output folder, not {out}')
     outs = [out]
+  elif out.suffix.lower() in NOT_FOLDERS:
+    raise ValueError(f'--out {out}: sa-animate writes .mp4 (with .gif and _frames/ beside it); give '
+                     'OUT.mp4 for one case or a folder')
   else:
     outs = [out / f'{c.name}.mp4' for c in cases]
   inputs = [args.checkpoint, *(value for case in cases for value in dataclasses.astuple(case))]
   animate.check_outputs(outs, args.overwrite, inputs)
-  animate.check_run(run)
+  try:
+    imageio_ffmpeg.get_ffmpeg_exe()
+  except RuntimeError as err:
+    raise OSError(f'no ffmpeg to write the videos with ({errors.first_line(err)}); install imageio-ffmpeg') from err
+  config = animate.check_checkpoint(args.checkpoint, run)
+  mesh = animate.make_mesh(run)
+  requests, failures = animate.read_cases(cases, run, config.models.face_encoder.id_embeddings_dim)
+  if len(failures) == len(cases):
+    if len(cases) == 1:
+      raise failures[0]
+    raise ValueError(f'none of the {len(cases)} cases can be read: '
+                     + '; '.join(f'{_where(cases[i])}: {err}' for i, err in failures.items()))
+  need: dict[Path, int] = {}
+  for index, request in requests.items():
+    need[outs[index].parent] = need.get(outs[index].parent, 0) + animate.output_bytes(request)
+  for folder, size in need.items():
+    outputs.check_space(folder, size, 'the videos')
+  return Job(run=run, checkpoint=args.checkpoint, cases=cases, outs=outs, requests=requests, failures=failures,
+             inputs=inputs, mesh=mesh, overwrite=args.overwrite)
 
+
+def _where(case: animate.Inputs) -> Any:
+  return case.folder or case.reference or case.poses
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  run_main('sa-animate', _main, argv)
+
+
+def _main(argv: Sequence[str]) -> None:
+  setup_logging()
+  job = validate(argv)
+  run, cases = job.run, job.cases
+  for index, err in job.failures.items():
+    logger.error('%s: %s', _where(cases[index]), err)
+  if job.checkpoint is None:
+    logger.info('no --checkpoint: using the DEMO model, the tiny config with seeded random weights. The '
+                'output shows the pipeline running, not a trained model; convert the release with '
+                'sa-convert for real results.')
   cache = animate.enable_compile_cache(run.io.compile_cache, run.io.compile_cache_dir)
   if cache:
     logger.info('compilation cache: %s', cache)
-  mesh = animate.make_mesh(run)
-  params, config = animate.load_model_for(args.checkpoint, run, mesh)
-  failed = 0
+  params, config = animate.load_model_for(job.checkpoint, run, job.mesh)
+  failed = len(job.failures)
   # Per step without the compilation cache (the sampler reports each step); per batch with it.
   per_step = not run.io.compile_cache
-  batches = -(-len(cases) // run.io.batch_size)
+  batches = -(-len(job.requests) // run.io.batch_size)
   with tqdm(total=batches * run.sampler.num_steps if per_step else batches, desc='denoising',
             unit='step' if per_step else 'batch') as bar:
-    for index, result in animate.animate_cases(params, config, cases, run, mesh, progress=lambda i: bar.update(1)):
+    for index, result in animate.animate_requests(params, config, job.requests, run, job.mesh,
+                                                  progress=lambda _: bar.update(1)):
       if isinstance(result, Exception):
         failed += 1
-        logger.error('%s: %s', cases[index].folder or cases[index].reference, result)
+        logger.error('%s: %s', _where(cases[index]), result)
         continue
-      written = animate.write_outputs(result, outs[index], run.conditioning.fps, overwrite=args.overwrite,
-                                      inputs=inputs)
+      written = animate.write_outputs(result, job.outs[index], run.conditioning.fps, overwrite=job.overwrite,
+                                      inputs=job.inputs)
       logger.info('%d frames at %dx%d -> %s', len(result), result.shape[2], result.shape[1],
                   ', '.join(map(str, written)))
   if failed:

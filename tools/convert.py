@@ -8,14 +8,16 @@ r"""`sa-convert`: the released PyTorch weights -> one sa-jax checkpoint director
 import argparse
 import dataclasses
 import logging
+import os
 from collections.abc import Sequence
+from typing import Any
 
 import ml_dtypes
 import numpy as np
 from tqdm import tqdm
 
 from convert import release
-from sa_jax import checkpoint
+from sa_jax import checkpoint, outputs
 from tools import run_main, setup_logging
 
 logger = logging.getLogger('sa-convert')
@@ -37,33 +39,65 @@ def _parser() -> argparse.ArgumentParser:
   return p
 
 
+@dataclasses.dataclass(frozen=True)
+class Job:
+  """A checked conversion: the release parts found and readable, the output replaceable and with room."""
+  paths: release.ReleasePaths
+  out: str
+  dtype: str
+  overwrite: bool
+  inputs: list[Any]
+
+
+def validate(argv: Sequence[str]) -> Job:
+  """Parses and checks a whole sa-convert command line before any weights are read: the options,
+  every release part (present, readable, JSON configs valid), the output (absent, or with
+  `--overwrite` an sa-jax checkpoint that holds no input) and the free space it needs. Usage errors
+  exit with status 2; the rest raise one-line errors naming the path."""
+  parser = _parser()
+  args = parser.parse_args(argv)
+  if args.svd and not args.animation:
+    parser.error('--svd needs --animation')
+  if args.animation and not args.svd:
+    parser.error('--animation goes with --svd (--release finds the Animation/ folder itself)')
+  if args.release:
+    paths = release.ReleasePaths.from_checkpoints_dir(args.release, args.face_embedder)
+  else:
+    paths = release.ReleasePaths.from_svd(args.svd, args.animation, args.face_embedder)
+  paths.check()
+  inputs = [v for v in dataclasses.astuple(paths) if v is not None] + [args.release, args.svd, args.animation]
+  checkpoint.check_target(args.out, args.overwrite, inputs)
+  # A lower bound of the checkpoint's size: float32 sources hold 4 bytes per parameter (fp16 ones 2).
+  source_bytes = sum(os.path.getsize(f) for f in paths.weight_files())
+  outputs.check_space(os.path.dirname(os.path.abspath(args.out)),
+                      source_bytes * np.dtype(DTYPES[args.dtype]).itemsize // 4, 'the checkpoint')
+  return Job(paths=paths, out=args.out, dtype=args.dtype, overwrite=args.overwrite, inputs=inputs)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
   run_main('sa-convert', _main, argv)
 
 
 def _main(argv: Sequence[str]) -> None:
-  parser = _parser()
-  args = parser.parse_args(argv)
   setup_logging()
-  if args.svd and not args.animation:
-    parser.error('--svd needs --animation')
-  if args.release:
-    paths = release.ReleasePaths.from_checkpoints_dir(args.release, args.face_embedder)
-  else:
-    paths = release.ReleasePaths.from_svd(args.svd, args.animation, args.face_embedder)
-  inputs = [v for v in dataclasses.astuple(paths) if v is not None] + [args.release, args.svd, args.animation]
-  checkpoint.check_target(args.out, args.overwrite, inputs)
+  job = validate(argv)
+  paths = job.paths
   total = 6 if paths.face_embedder is not None else 5
   if paths.face_embedder is None:
     logger.info('no face embedder found or given: the checkpoint will not support --hjb')
+
+  def converted(name: str) -> None:
+    outputs.check_interrupted()
+    bar.set_postfix_str(name)
+    bar.update(1)
+
   with tqdm(total=total, desc='converting', unit='network') as bar:
-    params, config = release.convert_release(
-        paths, DTYPES[args.dtype], progress=lambda name: (bar.set_postfix_str(name), bar.update(1)))
-  checkpoint.save(args.out, params, config, overwrite=args.overwrite, inputs=inputs)
+    params, config = release.convert_release(paths, DTYPES[job.dtype], progress=converted)
+  checkpoint.save(job.out, params, config, overwrite=job.overwrite, inputs=job.inputs)
   for name, tree in params.items():
     logger.info('%-14s %15s parameters', name, f'{checkpoint.count_params(tree):,}')
   logger.info('%-14s %15s parameters -> %s (%s)', 'total', f'{checkpoint.count_params(params):,}',
-              args.out, args.dtype)
+              job.out, job.dtype)
 
 
 if __name__ == '__main__':

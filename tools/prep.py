@@ -54,24 +54,33 @@ def _draw_parser() -> argparse.ArgumentParser:
   return parser
 
 
+def validate(argv: Sequence[str]) -> argparse.Namespace | prep.Plan:
+  """Parses and checks a whole sa-prep command line before any model is loaded: `sa-prep draw`'s
+  parsed options, else the checked `prep.Plan` (options, model files, output folder, reference and
+  driving source). Usage errors exit with status 2; the rest raise one-line errors naming the path."""
+  if argv[:1] == ['draw']:
+    return _draw_parser().parse_args(argv[1:])
+  args = _prepare_parser().parse_args(argv)
+  config = prep.PrepConfig(width=args.width, height=args.height, align=not args.no_align,
+                           aspect_correct=args.aspect_correct, stride=args.stride,
+                           max_frames=args.max_frames, whole_image_fallback=args.whole_image_fallback,
+                           overwrite=args.overwrite)
+  return prep.check_prepare(args.out, reference=args.reference, video=args.video, frame_dir=args.frames,
+                            dwpose_dir=args.dwpose_dir, detector=args.detector, pose_model=args.pose_model,
+                            insightface_root=args.insightface_root, config=config)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
   run_main('sa-prep', _main, argv)
 
 
 def _main(argv: list[str]) -> None:
   setup_logging()
-  if argv[:1] == ['draw']:
-    args = _draw_parser().parse_args(argv[1:])
-    prep.redraw(args.keypoints, args.out, align=not args.no_align, overwrite=args.overwrite)
-    return
-  args = _prepare_parser().parse_args(argv)
-  config = prep.PrepConfig(width=args.width, height=args.height, align=not args.no_align,
-                           aspect_correct=args.aspect_correct, stride=args.stride,
-                           max_frames=args.max_frames, whole_image_fallback=args.whole_image_fallback,
-                           overwrite=args.overwrite)
-  prep.prepare(args.out, reference=args.reference, video=args.video, frame_dir=args.frames,
-               dwpose_dir=args.dwpose_dir, detector=args.detector, pose_model=args.pose_model,
-               insightface_root=args.insightface_root, config=config)
+  job = validate(argv)
+  if isinstance(job, prep.Plan):
+    prep.run_plan(job)
+  else:
+    prep.redraw(job.keypoints, job.out, align=not job.no_align, overwrite=job.overwrite)
 
 
 if __name__ == '__main__':

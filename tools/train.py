@@ -8,7 +8,9 @@ r"""`sa-train`: fine-tune StableAnimator (or train the tiny model) into a workdi
 
 Metrics go to WORKDIR/metrics.jsonl and TensorBoard files in WORKDIR/tensorboard/; checkpoints to
 WORKDIR/checkpoints/. `--export DIR` writes unet.pth, pose_net.pth and face_encoder.pth of a
-saved step in the release's format (PyTorch StableAnimator loads them).
+saved step in the release's format (PyTorch StableAnimator loads them), with an export.json manifest;
+`--overwrite` replaces only files of an earlier export that the manifest lists unmodified. The export
+folder may lie inside the workdir but may not be or hold it or the init checkpoint.
 """
 
 import json
@@ -53,6 +55,12 @@ def _flags(argv: Sequence[str]) -> flags.FlagValues:
   return values
 
 
+def _export_source(values: flags.FlagValues) -> str:
+  """What `--export` writes, in words, for the export's manifest."""
+  step = 'the latest step' if values.export_step is None else f'step {values.export_step}'
+  return f'sa-train --workdir {values.workdir}: {step}{" (EMA)" if values.ema else ""}'
+
+
 def main(argv: Sequence[str] | None = None) -> None:
   run_main('sa-train', _main, argv, errors=(*USER_ERRORS, RuntimeError))
 
@@ -72,12 +80,11 @@ def _main(argv: Sequence[str]) -> None:
     return
   if values.export:
     from convert import release
-    existing = [str(Path(values.export) / f) for f in release.TRAINED_FILES.values()
-                if (Path(values.export) / f).exists()]
-    if existing and not values.overwrite:
-      raise ValueError(f'{", ".join(existing)} exist; pass --overwrite to replace them')
-    written = release.export_release(trainer.exported_params(values.workdir, values.export_step, values.ema),
-                                     values.export, overwrite=values.overwrite)
+    inputs = (values.workdir, config.model.init or None)
+    release.check_export_target(values.export, values.overwrite, inputs)
+    params = trainer.exported_params(values.workdir, values.export_step, values.ema)
+    written = release.export_release(params, values.export, overwrite=values.overwrite, inputs=inputs,
+                                     source=_export_source(values))
     logger.info('exported %s', ', '.join(map(str, written)))
     return
   metrics = trainer.train(config, values.workdir, progress=values.progress)

@@ -9,12 +9,14 @@ Difference (docs/prep.md): when the detector finds no person, the reference runs
 whole image; here the frame gets no people unless `whole_image_fallback=True`.
 """
 
+import os
 from collections.abc import Sequence
 
 import cv2
 import numpy as np
 import onnxruntime
 
+from sa_jax import errors
 from sa_jax.prep.keypoints import Pose
 
 DETECTOR_SIZE = (640, 640)  # (h, w) when the ONNX input shape is symbolic
@@ -37,6 +39,16 @@ def default_providers() -> list[str]:
   """CUDA when this onnxruntime build has it, then CPU."""
   available = onnxruntime.get_available_providers()
   return [p for p in ('CUDAExecutionProvider', 'CPUExecutionProvider') if p in available]
+
+
+def open_session(path: str | os.PathLike, providers: Sequence[str]) -> onnxruntime.InferenceSession:
+  """An onnxruntime session of the model file at `path`; a file onnxruntime cannot load (garbage,
+  truncated, empty) is a one-line ValueError naming it."""
+  try:
+    return onnxruntime.InferenceSession(str(path), providers=list(providers))
+  except Exception as err:  # onnxruntime raises its own types (InvalidProtobuf, Fail, NoSuchFile, ...)
+    cause = errors.first_line(err)
+    raise ValueError(f'{path}: not a readable ONNX model ({type(err).__name__}: {cause})') from err
 
 
 def _spatial_input_size(session: onnxruntime.InferenceSession, default: tuple[int, int] | None):
@@ -246,9 +258,10 @@ class PoseEstimator:
   def __init__(self, detector_path: str, pose_model_path: str,
                providers: Sequence[str] | None = None, whole_image_fallback: bool = False):
     providers = list(providers) if providers else default_providers()
-    self.detector = onnxruntime.InferenceSession(str(detector_path), providers=providers)
-    self.pose_model = onnxruntime.InferenceSession(str(pose_model_path), providers=providers)
+    self.detector = open_session(detector_path, providers)
+    self.pose_model = open_session(pose_model_path, providers)
     self.whole_image_fallback = whole_image_fallback
+    self._paths = f'{detector_path} and {pose_model_path}'
 
   def __call__(self, image: np.ndarray) -> Pose:
     """Keypoints of every person in an RGB uint8 [H, W, 3] image, normalised by (W, H)."""
@@ -256,12 +269,16 @@ class PoseEstimator:
       raise ValueError(f'image has shape {image.shape} and dtype {image.dtype}, '
                        'expected uint8 [H, W, 3]')
     height, width = image.shape[:2]
-    boxes = detect_people(self.detector, image)
-    if len(boxes) == 0:
-      if not self.whole_image_fallback:
-        return Pose.empty(width, height)
-      boxes = np.array([[0, 0, width, height]], np.float64)
-    keypoints, scores = to_openpose(*estimate_keypoints(self.pose_model, image, boxes))
+    try:
+      boxes = detect_people(self.detector, image)
+      if len(boxes) == 0:
+        if not self.whole_image_fallback:
+          return Pose.empty(width, height)
+        boxes = np.array([[0, 0, width, height]], np.float64)
+      keypoints, scores = to_openpose(*estimate_keypoints(self.pose_model, image, boxes))
+    except Exception as err:   # onnxruntime's own types; shape errors of a model that is not the expected one
+      raise ValueError(f'the DWPose models {self._paths} failed ({type(err).__name__}: {errors.first_line(err)}); '
+                       'expected the YOLOX person detector and the DWPose whole-body model') from err
     keypoints[..., 0] /= float(width)
     keypoints[..., 1] /= float(height)
     return Pose(keypoints, scores, width, height)

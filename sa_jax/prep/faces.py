@@ -11,11 +11,13 @@ no facexlib RetinaFace fallback; masks can be written at another size than the i
 import logging
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import cv2
 import numpy as np
 from insightface.app import FaceAnalysis
 
+from sa_jax import errors
 from sa_jax.prep.model_files import antelopev2_dir
 
 logger = logging.getLogger(__name__)
@@ -44,11 +46,23 @@ def load_face_analysis(insightface_root: str | os.PathLike,
   except (AssertionError, KeyError) as err:
     raise FileNotFoundError(f'no face detector (SCRFD, e.g. scrfd_10g_bnkps.onnx) among the models in '
                             f'{folder}: {sorted(p.name for p in folder.glob("*.onnx"))}') from err
+  except Exception as err:  # onnxruntime's own types (InvalidProtobuf, Fail, ...) and insightface's
+    raise _unreadable(folder, err) from err
   if 'recognition' not in app.models:
     raise FileNotFoundError(f'no face recogniser (ArcFace, e.g. glintr100.onnx) among the models in '
                             f'{folder}: {sorted(p.name for p in folder.glob("*.onnx"))}')
   app.prepare(ctx_id=0, det_size=DETECTION_SIZE)
   return app
+
+
+def _unreadable(folder: Path, err: Exception) -> ValueError:
+  """The one-line error for a model insightface could not load, naming the file when its message does."""
+  cause = errors.first_line(err)
+  named = [p for p in sorted(folder.glob('*.onnx')) if f'{os.sep}{p.name}' in cause]
+  if named:
+    return ValueError(f'{named[0]}: not a readable ONNX model ({type(err).__name__}: {cause})')
+  return ValueError(f'insightface models in {folder}: one could not be loaded '
+                    f'({type(err).__name__}: {cause})')
 
 
 def detect_faces(app: FaceAnalysis, image: np.ndarray) -> np.ndarray:

@@ -2,8 +2,9 @@
 
 Frames are RGB uint8 [H, W, 3]. Videos are decoded with imageio-ffmpeg (any format its ffmpeg reads) and
 streamed, so a long video never sits in memory. Folders are read in natural name order (`frame_2` before
-`frame_10`, as the reference's `int(name.split('_')[1])` sort for `frame_<i>` names). EXIF orientation is
-applied to photos, as `cv2.imread` does in the reference tools.
+`frame_10`, as the reference's `int(name.split('_')[1])` sort for `frame_<i>` names). Images are read as
+`cv2.imread` reads them in the reference tools: EXIF orientation applied, alpha dropped, 16-bit samples
+reduced to their high byte; modes with no such mapping (floating point, LAB) are refused.
 """
 
 import dataclasses
@@ -14,9 +15,14 @@ from pathlib import Path
 
 import imageio_ffmpeg
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, PngImagePlugin
+
+from sa_jax import errors, outputs
 
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.webp')
+SOFTWARE = 'Software'   # the PNG text key of the signature of the frames sa-jax writes
+EIGHT_BIT_MODES = ('1', 'L', 'LA', 'P', 'PA', 'RGB', 'RGBA', 'RGBX', 'CMYK', 'YCbCr')
+SIXTEEN_BIT_MODES = ('I;16', 'I;16L', 'I;16B', 'I;16N', 'I')  # grey; 'I' is 32-bit, accepted in 0..65535
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,30 +37,88 @@ class Frame:
   source: str
 
 
-def load_rgb(path: str | os.PathLike) -> np.ndarray:
-  """An image file as RGB uint8 [H, W, 3] (EXIF orientation applied)."""
+def _eight_bit(image: Image.Image, path: Path, what: str) -> Image.Image:
+  """`image` in a mode Pillow maps to RGB and L: 16-bit grey (and 'I' within 0..65535) keeps its high
+  byte, as `cv2.imread` reduces it and as Pillow reduces 16-bit RGB PNGs when opening them."""
+  if image.mode in EIGHT_BIT_MODES:
+    return image
+  if image.mode not in SIXTEEN_BIT_MODES:
+    raise ValueError(f'cannot read {what} {path}: mode {image.mode} is not supported, expected one of '
+                     f'{", ".join(EIGHT_BIT_MODES + SIXTEEN_BIT_MODES)}')
+  values = np.array(image)  # [H, W] uint16 or int32
+  low, high = int(values.min()), int(values.max())
+  if low < 0 or high > 65535:
+    raise ValueError(f'cannot read {what} {path}: mode {image.mode} values span {low}..{high}, '
+                     'expected 0..65535 (16-bit grey)')
+  return Image.fromarray((values >> 8).astype(np.uint8))  # [H, W] uint8: mode L
+
+
+def _load(path: str | os.PathLike, mode: str, what: str) -> np.ndarray:
+  """An image file converted to `mode` ('RGB' or 'L') as uint8, EXIF orientation applied."""
+  path = Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f'{what} not found: {path}')
+  try:
+    with Image.open(path) as image:
+      return np.array(_eight_bit(ImageOps.exif_transpose(image), path, what).convert(mode))
+  except (OSError, Image.DecompressionBombError) as err:  # UnidentifiedImageError is an OSError
+    raise ValueError(f'cannot read {what} {path}: {errors.first_line(err)}') from err
+
+
+def check_image(path: str | os.PathLike) -> None:
+  """Refuses an image file that cannot be read whole (missing, empty, truncated, corrupt, unsupported
+  mode), without decoding it: Pillow's `verify` checks the structure (PNG chunk CRCs)."""
   path = Path(path)
   if not path.is_file():
     raise FileNotFoundError(f'image not found: {path}')
   try:
     with Image.open(path) as image:
-      return np.array(ImageOps.exif_transpose(image).convert('RGB'))
-  except (UnidentifiedImageError, OSError) as err:
-    raise ValueError(f'cannot read image {path}: {err}') from err
+      if image.mode not in EIGHT_BIT_MODES + SIXTEEN_BIT_MODES:
+        raise ValueError(f'cannot read image {path}: mode {image.mode} is not supported')
+      image.verify()
+  except (OSError, SyntaxError, Image.DecompressionBombError) as err:   # verify raises SyntaxError on bad CRCs
+    raise ValueError(f'cannot read image {path}: {errors.first_line(err)}') from err
+
+
+def load_rgb(path: str | os.PathLike) -> np.ndarray:
+  """An image file as RGB uint8 [H, W, 3] (EXIF orientation applied, alpha dropped as `cv2.imread` does,
+  16-bit reduced to 8-bit)."""
+  return _load(path, 'RGB', 'image')
+
+
+def load_mask(path: str | os.PathLike) -> np.ndarray:
+  """A mask image file as uint8 [H, W] in 0..255 (colour images become their luma, as `convert('L')`)."""
+  return _load(path, 'L', 'mask')
+
+
+def _signed() -> PngImagePlugin.PngInfo:
+  info = PngImagePlugin.PngInfo()
+  info.add_text(SOFTWARE, outputs.SIGNATURE)
+  return info
 
 
 def save_rgb(path: str | os.PathLike, image: np.ndarray) -> None:
-  """Writes RGB uint8 [H, W, 3] as PNG."""
+  """Writes RGB uint8 [H, W, 3] as PNG, signed (`is_signed`)."""
   if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
     raise ValueError(f'image has shape {image.shape} and dtype {image.dtype}, expected uint8 [H, W, 3]')
-  Image.fromarray(image, 'RGB').save(path)
+  Image.fromarray(image, 'RGB').save(path, pnginfo=_signed())
 
 
 def save_mask(path: str | os.PathLike, mask: np.ndarray) -> None:
-  """Writes a uint8 [H, W] mask as a single-channel (mode L) PNG."""
+  """Writes a uint8 [H, W] mask as a single-channel (mode L) PNG, signed (`is_signed`)."""
   if mask.ndim != 2 or mask.dtype != np.uint8:
     raise ValueError(f'mask has shape {mask.shape} and dtype {mask.dtype}, expected uint8 [H, W]')
-  Image.fromarray(mask, 'L').save(path)
+  Image.fromarray(mask, 'L').save(path, pnginfo=_signed())
+
+
+def is_signed(path: str | os.PathLike) -> bool:
+  """Whether `path` is a PNG that `save_rgb`/`save_mask` wrote (its Software text chunk; only the
+  header is read)."""
+  try:
+    with Image.open(path) as image:
+      return image.format == 'PNG' and image.info.get(SOFTWARE) == outputs.SIGNATURE
+  except (OSError, ValueError):
+    return False
 
 
 def _natural_key(name: str) -> tuple:

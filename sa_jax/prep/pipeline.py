@@ -25,11 +25,12 @@ import os
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from tqdm import tqdm
 
+from sa_jax import outputs
 from sa_jax.prep import faces, frames, keypoints, model_files, skeleton, staging
 from sa_jax.prep.align import Alignment, check_reference, fit_alignment
 from sa_jax.prep.dwpose import PoseEstimator, default_providers
@@ -68,6 +69,58 @@ class PrepConfig:
   overwrite: bool = False
 
 
+class Plan(NamedTuple):
+  """A checked `prepare` run (`check_prepare`): inputs opened, models found, the output replaceable."""
+  out: Path
+  reference: Path | None
+  reference_image: np.ndarray | None
+  source: frames.FrameStream
+  detector: Path
+  pose_model: Path
+  insightface_root: Path
+  inputs: list[Any]
+  config: PrepConfig
+
+
+def check_prepare(out: str | os.PathLike, *, reference: str | os.PathLike | None = None,
+                  video: str | os.PathLike | None = None, frame_dir: str | os.PathLike | None = None,
+                  dwpose_dir: str | os.PathLike | None = model_files.DWPOSE_DIR,
+                  detector: str | os.PathLike | None = None, pose_model: str | os.PathLike | None = None,
+                  insightface_root: str | os.PathLike = '.', config: PrepConfig = PrepConfig()) -> Plan:
+  """Every check of `prepare` before any model is loaded: the options, the model files, the output
+  folder (replaceable, writable, room for the frames), the reference photo (read) and the driving
+  source (opened; a video's header read). Close `plan.source` if the plan is not run.
+
+  Args: as `prepare`.
+  """
+  if config.width <= 0 or config.height <= 0:
+    raise ValueError(f'generation size {config.width}x{config.height} must be positive')
+  if config.align and reference is None:
+    raise ValueError('aligning the skeletons needs a reference image (give one, or --no-align)')
+  if not config.align and config.aspect_correct:
+    raise ValueError('--aspect-correct corrects the alignment; it does nothing with --no-align')
+  detector_path, pose_path = model_files.dwpose_files(dwpose_dir, detector, pose_model)
+  model_files.antelopev2_dir(insightface_root)
+  inputs = [reference, video, frame_dir, dwpose_dir, detector, pose_model, insightface_root]
+  staging.check_target(out, config.overwrite, is_prep_folder, inputs)
+  reference_image = frames.load_rgb(reference) if reference is not None else None
+  source = frames.iter_frames(video, frame_dir, config.stride, config.max_frames)   # checks stride, max_frames
+  try:
+    count = 1
+    if frame_dir is not None:
+      files = frames.list_images(frame_dir)[::config.stride][:config.max_frames]
+      for path in files:
+        frames.check_image(path)
+      count = len(files)
+    # A lower bound of the output: the face masks alone hold a byte per pixel (PNG-compressed ~10x).
+    outputs.check_space(Path(out).parent, count * config.width * config.height // 10, 'the prepared frames')
+  except BaseException:
+    source.close()
+    raise
+  return Plan(Path(out), None if reference is None else Path(reference), reference_image, source, detector_path,
+              pose_path, Path(insightface_root), inputs, config)
+
+
 def prepare(out: str | os.PathLike, *, reference: str | os.PathLike | None = None,
             video: str | os.PathLike | None = None, frame_dir: str | os.PathLike | None = None,
             dwpose_dir: str | os.PathLike | None = model_files.DWPOSE_DIR,
@@ -89,30 +142,29 @@ def prepare(out: str | os.PathLike, *, reference: str | os.PathLike | None = Non
   Returns:
     the output folder.
   """
-  if config.width <= 0 or config.height <= 0:
-    raise ValueError(f'generation size {config.width}x{config.height} must be positive')
-  if config.align and reference is None:
-    raise ValueError('aligning the skeletons needs a reference image (give one, or --no-align)')
-  detector_path, pose_path = model_files.dwpose_files(dwpose_dir, detector, pose_model)
-  inputs = [reference, video, frame_dir, dwpose_dir, detector, pose_model, insightface_root]
-  staging.check_target(out, config.overwrite, is_prep_folder, inputs)
-  reference_image = frames.load_rgb(reference) if reference is not None else None
-  source = frames.iter_frames(video, frame_dir, config.stride, config.max_frames)
+  plan = check_prepare(out, reference=reference, video=video, frame_dir=frame_dir, dwpose_dir=dwpose_dir,
+                       detector=detector, pose_model=pose_model, insightface_root=insightface_root, config=config)
+  return run_plan(plan, providers)
+
+
+def run_plan(plan: Plan, providers: Sequence[str] | None = None) -> Path:
+  """Runs a checked `prepare` (`check_prepare`): loads the models and writes `plan.out`."""
+  config, out, reference_image = plan.config, plan.out, plan.reference_image
   try:
     providers = list(providers) if providers else default_providers()
-    estimator = PoseEstimator(detector_path, pose_path, providers, config.whole_image_fallback)
-    app = faces.load_face_analysis(insightface_root, providers)
-    with staging.staged_dir(out, config.overwrite, is_prep_folder, inputs) as folder:
+    estimator = PoseEstimator(plan.detector, plan.pose_model, providers, config.whole_image_fallback)
+    app = faces.load_face_analysis(plan.insightface_root, providers)
+    with staging.staged_dir(out, config.overwrite, is_prep_folder, plan.inputs) as folder:
       record: dict[str, Any] = {'format': FORMAT, 'layout': LAYOUT, 'coordinates': 'x / width, y / height',
                                 'generation_size': {'width': config.width, 'height': config.height},
                                 'reference': None, 'alignment': None}
       reference_pose = None
       if reference_image is not None:
         reference_pose, record['reference'] = _prepare_reference(folder, reference_image, estimator, app)
-        record['reference']['source'] = Path(reference).name
+        record['reference']['source'] = plan.reference.name
         if config.align:
           check_reference(reference_pose)
-      poses, record['frames'] = _prepare_frames(folder, source, estimator, app, config,
+      poses, record['frames'] = _prepare_frames(folder, plan.source, estimator, app, config,
                                                 training=reference_image is None)
       alignment = None
       if config.align:
@@ -123,9 +175,9 @@ def prepare(out: str | os.PathLike, *, reference: str | os.PathLike | None = Non
       _draw_skeletons(folder / 'poses', poses, alignment, reference_pose)
       (folder / KEYPOINTS_FILE).write_text(json.dumps(record))
   finally:
-    source.close()
+    plan.source.close()
   logger.info('wrote %d frames to %s', len(poses), out)
-  return Path(out)
+  return out
 
 
 def redraw(keypoints_file: str | os.PathLike, out: str | os.PathLike, *, align: bool = True,
@@ -145,15 +197,22 @@ def redraw(keypoints_file: str | os.PathLike, out: str | os.PathLike, *, align: 
   path = Path(keypoints_file)
   if not path.is_file():
     raise FileNotFoundError(f'keypoints file not found: {path}')
-  record = json.loads(path.read_text())
-  if record.get('format') != FORMAT:
-    raise ValueError(f'{path} has format {record.get("format")!r}, expected {FORMAT!r}')
-  poses = [Pose.from_dict(entry) for entry in record['frames']]
-  alignment = reference_pose = None
-  if align and record['alignment'] is not None:
-    alignment = Alignment.from_dict(record['alignment'])
-    reference_pose = Pose.from_dict(record['reference'])
-  elif align:
+  try:
+    record = json.loads(path.read_text())
+  except ValueError as err:      # JSONDecodeError, UnicodeDecodeError
+    raise ValueError(f'{path}: not a keypoints.json of sa-prep (invalid JSON: {err})') from err
+  if not isinstance(record, dict) or record.get('format') != FORMAT:
+    found = record.get('format') if isinstance(record, dict) else type(record).__name__
+    raise ValueError(f'{path} has format {found!r}, expected {FORMAT!r}')
+  try:
+    poses = [Pose.from_dict(entry) for entry in record['frames']]
+    alignment = reference_pose = None
+    if align and record.get('alignment') is not None:
+      alignment = Alignment.from_dict(record['alignment'])
+      reference_pose = Pose.from_dict(record['reference'])
+  except (KeyError, TypeError, ValueError, IndexError) as err:
+    raise ValueError(f'{path}: malformed keypoints record ({type(err).__name__}: {err})') from err
+  if align and alignment is None:
     logger.warning('%s has no alignment: drawing the skeletons unaligned', path)
   with staging.staged_dir(out, overwrite, is_pose_folder, [keypoints_file]) as folder:
     _draw_skeletons(folder, poses, alignment, reference_pose)
@@ -166,13 +225,16 @@ def is_prep_folder(folder: Path) -> bool:
     record = json.loads((folder / KEYPOINTS_FILE).read_text())
   except (OSError, ValueError):
     return False
-  return (isinstance(record, dict) and record.get('format') == FORMAT
-          and not {p.name for p in folder.iterdir()} - ENTRIES)
+  if not isinstance(record, dict) or record.get('format') != FORMAT or {p.name for p in folder.iterdir()} - ENTRIES:
+    return False
+  return all(is_pose_folder(folder / name) for name in ('images', 'poses', 'faces') if (folder / name).exists())
 
 
 def is_pose_folder(folder: Path) -> bool:
-  """Whether `folder` holds only `frame_<i>.png` files (a `redraw` output)."""
-  return all(p.is_file() and _FRAME_FILE.fullmatch(p.name) for p in folder.iterdir())
+  """Whether `folder` holds only `frame_<i>.png` files that sa-prep wrote (signed, `frames.is_signed`):
+  a `redraw` output, or a frame folder of a `prepare` output."""
+  return folder.is_dir() and not folder.is_symlink() and all(
+      p.is_file() and _FRAME_FILE.fullmatch(p.name) and frames.is_signed(p) for p in folder.iterdir())
 
 
 def _prepare_reference(folder: Path, image: np.ndarray, estimator: PoseEstimator,

@@ -21,7 +21,7 @@ def check_target(out: str | os.PathLike, overwrite: bool, ours: Callable[[Path],
   `ours` does not recognise as this tool's output, or one that is or holds an input."""
   out = Path(out)
   if out.is_dir() and not out.is_symlink() and not any(out.iterdir()):
-    outputs.check_target(out, overwrite=True, ours=lambda _: True, what='', inputs=inputs)  # empty: fine
+    outputs.check_not_input(out, inputs)   # an empty folder: fine
     return
   if os.path.lexists(out) and not out.is_dir():
     raise FileExistsError(f'output {out} exists and is not a folder')

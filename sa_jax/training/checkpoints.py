@@ -31,11 +31,13 @@ class RunCheckpoints:
   def __init__(self, workdir: str | os.PathLike, *, max_to_keep: int, async_save: bool):
     workdir = os.path.abspath(os.fspath(workdir))
     self.directory = os.path.join(workdir, 'checkpoints')
+    # cleanup_tmp_directories: the half-written step of a killed or interrupted run goes at the next start.
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=async_save,
-                                           create=True)
+                                           create=True, cleanup_tmp_directories=True)
     self._steps = ocp.CheckpointManager(self.directory, options=options, item_names=(STATE, DATA, CONFIG))
-    self._frozen = ocp.CheckpointManager(os.path.join(workdir, FROZEN), item_names=(FROZEN,),
-                                         options=ocp.CheckpointManagerOptions(create=True))
+    self._frozen = ocp.CheckpointManager(
+        os.path.join(workdir, FROZEN), item_names=(FROZEN,),
+        options=ocp.CheckpointManagerOptions(create=True, cleanup_tmp_directories=True))
 
   def latest_step(self) -> int | None:
     """The latest complete step, None for a fresh workdir."""

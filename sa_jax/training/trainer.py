@@ -25,7 +25,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm import tqdm
 
-from sa_jax import animate, checkpoint, sharding
+from sa_jax import animate, checkpoint, outputs, sharding
 from sa_jax.data import clips
 from sa_jax.training import checkpoints as run_checkpoints
 from sa_jax.training import loss as loss_lib
@@ -104,6 +104,13 @@ def check_config(config: Any, workdir: str | os.PathLike) -> None:
   sharding.rules_from_config(config.mesh.rules)
   if config.mesh.shape:
     sharding.parse_mesh_shape(config.mesh.shape)
+  # A lower bound of one saved step: the frozen networks and the trained ones at least once.
+  init_bytes = _folder_bytes(Path(config.model.init) / checkpoint.PARAMS) if config.model.init else 0
+  outputs.check_space(workdir, init_bytes, 'the training checkpoints')
+
+
+def _folder_bytes(folder: Path) -> int:
+  return sum(f.stat().st_size for f in folder.rglob('*') if f.is_file())
 
 
 def _roots(config: Any) -> list[str]:

@@ -98,3 +98,12 @@ def test_no_person_gives_an_empty_pose_or_the_whole_image(estimator, inputs):
 def test_rejects_bad_images(estimator):
   with pytest.raises(ValueError, match=r'expected uint8 \[H, W, 3\]'):
     estimator(np.zeros((64, 64), np.uint8))
+
+
+@pytest.mark.parametrize('content', [b'', b'\x00not a model\xff' * 8])
+def test_unreadable_model_is_one_line_naming_it(inputs, tmp_path, content):
+  (tmp_path / 'yolox_l.onnx').write_bytes(content)
+  with pytest.raises(ValueError, match=r'^.*yolox_l.onnx: not a readable ONNX model \(\w+: ') as err:
+    dwpose.PoseEstimator(tmp_path / 'yolox_l.onnx', inputs.dwpose_dir / 'dw-ll_ucoco_384.onnx',
+                         ['CPUExecutionProvider'])
+  assert '\n' not in str(err.value)

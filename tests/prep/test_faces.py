@@ -100,3 +100,13 @@ def test_missing_detector_or_recogniser(inputs, tmp_path):
   shutil.copy(source / 'scrfd_10g_bnkps.onnx', only_detector)
   with pytest.raises(FileNotFoundError, match='no face recogniser'):
     faces.load_face_analysis(tmp_path / 'b', ['CPUExecutionProvider'])
+
+
+def test_unreadable_model_is_one_line_naming_it(inputs, tmp_path):
+  folder = tmp_path / 'models' / 'antelopev2'
+  shutil.copytree(inputs.insightface_root / 'models' / 'antelopev2', folder)
+  (folder / 'glintr100.onnx').write_bytes(b'\x00not a model\xff' * 8)
+  with pytest.raises(ValueError, match=r'^.*antelopev2/glintr100.onnx: not a readable ONNX model '
+                     r'\(InvalidProtobuf: ') as err:
+    faces.load_face_analysis(tmp_path, ['CPUExecutionProvider'])
+  assert '\n' not in str(err.value)

@@ -279,7 +279,7 @@ def test_export_writes_the_release_files(tmp_path, uninterrupted, init_dir, clip
                    f'--config.model.init={init_dir}', f'--config.data.roots={clip_root}',
                    f'--config.data.width={RUN_SIZE}', f'--config.data.height={RUN_SIZE}',
                    f'--config.data.num_frames={FRAMES}', f'--export={out}'])
-  assert sorted(p.name for p in out.iterdir()) == sorted(release.TRAINED_FILES.values())
+  assert sorted(p.name for p in out.iterdir()) == sorted([*release.TRAINED_FILES.values(), release.MANIFEST])
   init, ckpt = checkpoint.load(init_dir)
   state = _final_state(uninterrupted)
   for name, file in release.TRAINED_FILES.items():

@@ -1,0 +1,195 @@
+"""Interrupts and kills of sa-convert and sa-animate processes at several points (issue 12).
+
+Each run replaces an earlier complete output (`--overwrite`) and is stopped at a point recognised
+from its stderr (JAX's compile log, the progress bar) or from its staging folder appearing (the
+denoising and decoding stages in this process, where the signal follows the dispatch of their
+programs):
+SIGINT/SIGTERM must end it with exit status 130/143, the earlier output byte for byte intact and
+nothing new under a final name; after SIGKILL the next run removes the killed run's staging and
+replaces the output. The animation runs share the default persistent compilation cache with this
+process, which made the first (complete) animation: they compile nothing, which the last run checks.
+"""
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from sa_jax import checkpoint
+from sa_jax.sampling import pipeline
+import tools
+from tools import animate as animate_tool
+
+ROOT = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, 'JAX_LOG_COMPILES': '1', 'JAX_EXPLAIN_CACHE_MISSES': '1'}
+POINT_TIMEOUT_S = 600      # generous for a loaded 2-core machine; a missed point fails, it never hangs
+
+pytestmark = pytest.mark.heavy
+
+
+class Run:
+  """A tool started in a subprocess, its stderr collected as it arrives (progress bars too)."""
+
+  def __init__(self, *args: str):
+    self.process = subprocess.Popen([sys.executable, '-m', *args], stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.PIPE, cwd=ROOT, env=ENV)
+    self.chunks: list[str] = []
+    self.reader = threading.Thread(target=self._read, daemon=True)
+    self.reader.start()
+
+  def _read(self) -> None:
+    while chunk := os.read(self.process.stderr.fileno(), 65536):
+      self.chunks.append(chunk.decode(errors='replace'))
+
+  @property
+  def stderr(self) -> str:
+    return ''.join(self.chunks)
+
+  def stop_when(self, point: Callable[[], bool], signum: int) -> int:
+    """Sends `signum` as soon as `point()` holds; returns the exit status."""
+    deadline = time.monotonic() + POINT_TIMEOUT_S
+    while not point():
+      assert self.process.poll() is None, f'ended (status {self.process.returncode}) before the point:\n' + \
+          self.stderr[-3000:]
+      assert time.monotonic() < deadline, 'the point never came:\n' + self.stderr[-3000:]
+      time.sleep(0.002)
+    self.process.send_signal(signum)
+    return self.wait()
+
+  def wait(self) -> int:
+    status = self.process.wait(timeout=POINT_TIMEOUT_S)
+    self.reader.join()
+    return status
+
+
+def logged(run: Run, text: str, times: int = 1) -> Callable[[], bool]:
+  return lambda: ''.join(run.chunks).count(text) >= times
+
+
+def staged(target: Path) -> Callable[[], bool]:
+  """Whether the staging folder of `target` (`.<name>.partial-<pid>-<tag>`) exists."""
+  return lambda: any(p.name.startswith(f'.{target.name}.partial-') for p in target.parent.iterdir())
+
+
+def contents(folder: Path) -> dict[str, tuple[str, int, int]]:
+  """sha256, inode and modification time of every visible file under `folder` (a file replaced by
+  an identical one shows too)."""
+  found = {}
+  for path in sorted(folder.rglob('*')):
+    if path.is_file() and not any(part.startswith('.') for part in path.relative_to(folder).parts):
+      info = path.stat()
+      found[str(path.relative_to(folder))] = (hashlib.sha256(path.read_bytes()).hexdigest(), info.st_ino,
+                                              info.st_mtime_ns)
+  return found
+
+
+def hidden(folder: Path) -> list[str]:
+  return sorted(p.name for p in folder.iterdir() if p.name.startswith('.'))
+
+
+def _assert_stopped(run: Run, status: int, signum: int, folder: Path, before: dict[str, str]) -> None:
+  assert status == tools.SIGNAL_EXIT + signum, f'exit status {status}:\n{run.stderr[-3000:]}'
+  assert f'stopped by {signal.Signals(signum).name}' in run.stderr
+  assert 'Traceback' not in run.stderr, run.stderr[-3000:]
+  assert contents(folder) == before, 'the earlier output changed or a new one appeared'
+
+
+def test_conversion_interrupted_or_killed(release_dir, checkpoint_dir, tmp_path):
+  out = tmp_path / 'ckpt'
+  shutil.copytree(checkpoint_dir, out)            # the earlier output an interrupted run must not lose
+  before = contents(tmp_path)
+  command = ('tools.convert', '--release', str(release_dir), '--out', str(out), '--overwrite')
+
+  run = Run(*command)
+  _assert_stopped(run, run.stop_when(logged(run, 'converting'), signal.SIGTERM), signal.SIGTERM, tmp_path, before)
+  assert hidden(tmp_path) == []
+  run = Run(*command)
+  _assert_stopped(run, run.stop_when(staged(out), signal.SIGINT), signal.SIGINT, tmp_path, before)
+
+  run = Run(*command)
+  assert run.stop_when(staged(out), signal.SIGKILL) == -signal.SIGKILL
+  assert contents(tmp_path) == before and hidden(tmp_path), 'a killed run leaves only its hidden staging'
+  assert Run(*command).wait() == 0
+  assert hidden(tmp_path) == [], "the next run removes the killed run's staging"
+  assert contents(tmp_path)['ckpt/config.json'] != before['ckpt/config.json'], 'replaced by the new conversion'
+  new, old = (checkpoint.load(folder, ['pose_net'])[0]['pose_net'] for folder in (out, checkpoint_dir))
+  assert jax.tree.all(jax.tree.map(np.array_equal, new, old)), 'the same weights'
+
+
+@pytest.fixture(scope='module')
+def animation(tmp_path_factory):
+  """A complete demo animation made in this process, so the default persistent compilation cache
+  holds its programs (the subprocesses inherit this environment): `(command, folder, output)`."""
+  folder = tmp_path_factory.mktemp('animation')
+  out = folder / 'demo.mp4'
+  animate_tool.main(['--out', str(out), '--steps', '2'])
+  return ('tools.animate', '--out', str(out), '--steps', '2', '--overwrite'), folder, out
+
+
+def test_animation_interrupted_while_compiling(animation, tmp_path):
+  command, folder, _ = animation
+  before = contents(folder)
+  run = Run(*command, f'--config.io.compile_cache_dir={tmp_path / "cold"}')
+  _assert_stopped(run, run.stop_when(logged(run, 'Compiling jit('), signal.SIGINT), signal.SIGINT, folder, before)
+
+
+def test_animation_interrupted_while_writing(animation):
+  command, folder, out = animation
+  before = contents(folder)
+  run = Run(*command)
+  _assert_stopped(run, run.stop_when(staged(out), signal.SIGINT), signal.SIGINT, folder, before)
+  assert hidden(folder) == [], 'an interrupted run removes its staging'
+
+
+@pytest.mark.parametrize('stage, signum', [('denoise', signal.SIGINT), ('decode', signal.SIGTERM)])
+def test_animation_interrupted_while_denoising_or_decoding(animation, stage, signum, monkeypatch, capsys):
+  """In this process (its programs are compiled): the signal comes as soon as the stage's program
+  is dispatched, so it arrives while that program runs."""
+  _, folder, out = animation
+  before = contents(folder)
+  compiled = pipeline.Animator._compiled
+
+  def signalling(self, *args):
+    programs = dict(zip(('prepare', 'denoise', 'decode'), compiled(self, *args)))
+    program = programs[stage]
+
+    def dispatch_then_signal(*inputs):
+      result = program(*inputs)
+      os.kill(os.getpid(), signum)
+      return result
+
+    programs[stage] = dispatch_then_signal
+    return tuple(programs.values())
+
+  monkeypatch.setattr(pipeline.Animator, '_compiled', signalling)
+  with pytest.raises(SystemExit) as stop:
+    animate_tool.main(['--out', str(out), '--steps', '2', '--overwrite'])
+  assert stop.value.code == tools.SIGNAL_EXIT + signum
+  assert f'stopped by {signal.Signals(signum).name}' in capsys.readouterr().err
+  assert contents(folder) == before and hidden(folder) == []
+
+
+def test_animation_killed_then_replaced_and_nothing_compiled(animation):
+  command, folder, out = animation
+  before = contents(folder)
+  run = Run(*command)
+  assert run.stop_when(staged(out), signal.SIGKILL) == -signal.SIGKILL
+  assert contents(folder) == before and hidden(folder), 'a killed run leaves only its hidden staging'
+  run = Run(*command)
+  assert run.wait() == 0, run.stderr[-3000:]
+  assert hidden(folder) == [], "the next run removes the killed run's staging"
+  after = contents(folder)
+  assert after.keys() == before.keys() and all(after[k] != before[k] for k in before), 'every file replaced'
+  assert "cache hit for 'jit_denoise'" in run.stderr
+  assert 'PERSISTENT COMPILATION CACHE MISS' not in run.stderr, [
+      line for line in run.stderr.splitlines() if 'MISS' in line][:5]
