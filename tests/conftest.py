@@ -12,14 +12,6 @@ os.environ['XLA_FLAGS'] = ' '.join(
     [os.environ.get('XLA_FLAGS', ''), '--xla_force_host_platform_device_count=8']).strip()
 
 
-@pytest.fixture(scope='session', autouse=True)
-def compile_cache_home(tmp_path_factory):
-  """A fresh XDG cache home for the session (the tools' default compilation cache lives there), so
-  tests never read or fill the user's; subprocesses of the tools inherit it."""
-  os.environ['XDG_CACHE_HOME'] = str(tmp_path_factory.mktemp('xdg-cache'))
-  return Path(os.environ['XDG_CACHE_HOME'])
-
-
 @pytest.fixture(scope='session')
 def release_dir(tmp_path_factory):
   """The golden reference weights laid out like the StableAnimator release `checkpoints/` folder."""

@@ -1,9 +1,9 @@
 """Interrupts and kills of sa-convert and sa-animate processes at several points (issue 12).
 
 Each run replaces an earlier complete output (`--overwrite`) and is stopped at a point recognised
-from its stderr (JAX's compile log, the progress bar) or from its staging folder appearing (the
-denoising and decoding stages in this process, where the signal follows the dispatch of their
-programs):
+from its stderr (JAX's compile log, the progress bar) or from its staging folder appearing; the
+denoising, decoding and writing stages are interrupted in this process, the signal sent right
+after their programs are dispatched or the first frame is written:
 SIGINT/SIGTERM must end it with exit status 130/143, the earlier output byte for byte intact and
 nothing new under a final name; after SIGKILL the next run removes the killed run's staging and
 replaces the output. The animation runs share the default persistent compilation cache with this
@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 
 from sa_jax import checkpoint
+from sa_jax.prep import frames as frame_io
 from sa_jax.sampling import pipeline
 import tools
 from tools import animate as animate_tool
@@ -143,40 +144,38 @@ def test_animation_interrupted_while_compiling(animation, tmp_path):
   _assert_stopped(run, run.stop_when(logged(run, 'Compiling jit('), signal.SIGINT), signal.SIGINT, folder, before)
 
 
-def test_animation_interrupted_while_writing(animation):
-  command, folder, out = animation
-  before = contents(folder)
-  run = Run(*command)
-  _assert_stopped(run, run.stop_when(staged(out), signal.SIGINT), signal.SIGINT, folder, before)
-  assert hidden(folder) == [], 'an interrupted run removes its staging'
+def _signal_after(function, signum):
+  def call_then_signal(*args, **kwargs):
+    result = function(*args, **kwargs)
+    os.kill(os.getpid(), signum)
+    return result
+  return call_then_signal
 
 
-@pytest.mark.parametrize('stage, signum', [('denoise', signal.SIGINT), ('decode', signal.SIGTERM)])
-def test_animation_interrupted_while_denoising_or_decoding(animation, stage, signum, monkeypatch, capsys):
-  """In this process (its programs are compiled): the signal comes as soon as the stage's program
-  is dispatched, so it arrives while that program runs."""
+@pytest.mark.parametrize('stage, signum', [('denoise', signal.SIGINT), ('decode', signal.SIGTERM),
+                                           ('write', signal.SIGINT)])
+def test_animation_interrupted_while_denoising_decoding_or_writing(animation, stage, signum, monkeypatch, capsys):
+  """In this process (its programs are compiled): the signal comes right after the stage's program
+  is dispatched, so it arrives while that program runs; or, writing, after the first frame PNG is
+  written into the staging folder (the video and GIF are there already)."""
   _, folder, out = animation
   before = contents(folder)
-  compiled = pipeline.Animator._compiled
+  if stage == 'write':
+    monkeypatch.setattr(frame_io, 'save_rgb', _signal_after(frame_io.save_rgb, signum))
+  else:
+    compiled = pipeline.Animator._compiled
 
-  def signalling(self, *args):
-    programs = dict(zip(('prepare', 'denoise', 'decode'), compiled(self, *args)))
-    program = programs[stage]
+    def signalling(self, *args):
+      programs = dict(zip(('prepare', 'denoise', 'decode'), compiled(self, *args)))
+      programs[stage] = _signal_after(programs[stage], signum)
+      return tuple(programs.values())
 
-    def dispatch_then_signal(*inputs):
-      result = program(*inputs)
-      os.kill(os.getpid(), signum)
-      return result
-
-    programs[stage] = dispatch_then_signal
-    return tuple(programs.values())
-
-  monkeypatch.setattr(pipeline.Animator, '_compiled', signalling)
+    monkeypatch.setattr(pipeline.Animator, '_compiled', signalling)
   with pytest.raises(SystemExit) as stop:
     animate_tool.main(['--out', str(out), '--steps', '2', '--overwrite'])
   assert stop.value.code == tools.SIGNAL_EXIT + signum
   assert f'stopped by {signal.Signals(signum).name}' in capsys.readouterr().err
-  assert contents(folder) == before and hidden(folder) == []
+  assert contents(folder) == before and hidden(folder) == [], 'nothing replaced, no staging left'
 
 
 def test_animation_killed_then_replaced_and_nothing_compiled(animation):

@@ -1,0 +1,1 @@
+"""Evaluation of generated videos against ground truth (docs/evaluation.md)."""
