@@ -1,7 +1,9 @@
-"""Test-session setup: 8 simulated CPU devices for the mesh tests (set before JAX starts), and the
-golden weights laid out as the release and converted once per session."""
+"""Test-session setup: 8 simulated CPU devices for the mesh tests (set before JAX starts), SIGINT
+handled as in a terminal, and the golden weights laid out as the release and converted once per
+session."""
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,10 @@ from tests.parity import reference
 
 os.environ['XLA_FLAGS'] = ' '.join(
     [os.environ.get('XLA_FLAGS', ''), '--xla_force_host_platform_device_count=8']).strip()
+
+# A shell starts background jobs with SIGINT ignored, and the tools respect an ignored signal (so
+# do the child processes the tests start, which inherit it): the interrupt tests need it handled.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope='session')
