@@ -47,7 +47,9 @@ def test_non_finite_output_is_an_error_not_a_black_video(tmp_path, caplog):
   shutil.copytree(SAMPLE, case)
   np.save(case / 'face_embedding.npy', np.full_like(np.load(SAMPLE / 'face_embedding.npy'), 3e38))
   with pytest.raises(SystemExit, match='sa-animate: error: 1 of 1 cases failed'):
-    animate_tool.main(['--input', str(case), '--out', str(tmp_path / 'x.mp4'), '--steps', '2'])
+    # 0 x 0: the sample's own size, as the demo test runs it (--input alone would generate at 512 x 512).
+    animate_tool.main(['--input', str(case), '--out', str(tmp_path / 'x.mp4'), '--steps', '2', '--width', '0',
+                       '--height', '0'])
   assert 'the run produced NaN or infinite values' in caplog.text
   assert sorted(p.name for p in tmp_path.iterdir()) == ['case'], 'nothing written'
 
