@@ -213,6 +213,14 @@ def main(argv: Sequence[str] | None = None) -> None:
 def _main(argv: Sequence[str]) -> None:
   setup_logging()
   job = validate(argv)
+  failed = animate_job(job)
+  if failed:
+    sys.exit(f'sa-animate: error: {len(failed)} of {len(job.cases)} cases failed (listed above)')
+
+
+def animate_job(job: Job) -> list[int]:
+  """Animates a validated job, writing each video as its batch finishes; returns the failed cases' indices
+  (each logged with its path)."""
   run, cases = job.run, job.cases
   for index, err in job.failures.items():
     logger.error('%s: %s', _where(cases[index]), err)
@@ -224,7 +232,7 @@ def _main(argv: Sequence[str]) -> None:
   if cache:
     logger.info('compilation cache: %s', cache)
   params, config = animate.load_model_for(job.checkpoint, run, job.mesh)
-  failed = len(job.failures)
+  failed = sorted(job.failures)
   # Per step without the compilation cache (the sampler reports each step); per batch with it.
   per_step = not run.io.compile_cache
   batches = -(-len(job.requests) // run.io.batch_size)
@@ -233,15 +241,14 @@ def _main(argv: Sequence[str]) -> None:
     for index, result in animate.animate_requests(params, config, job.requests, run, job.mesh,
                                                   progress=lambda _: bar.update(1)):
       if isinstance(result, Exception):
-        failed += 1
+        failed.append(index)
         logger.error('%s: %s', _where(cases[index]), result)
         continue
       written = animate.write_outputs(result, job.outs[index], run.conditioning.fps, overwrite=job.overwrite,
                                       inputs=job.inputs)
       logger.info('%d frames at %dx%d -> %s', len(result), result.shape[2], result.shape[1],
                   ', '.join(map(str, written)))
-  if failed:
-    sys.exit(f'sa-animate: error: {failed} of {len(cases)} cases failed (listed above)')
+  return failed
 
 
 if __name__ == '__main__':

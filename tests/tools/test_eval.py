@@ -1,0 +1,165 @@
+"""sa-eval end to end on a tiny synthetic clip set: scores of known answers, animation with the demo
+model, the outputs it writes and replaces, and one-line errors for bad clip sets."""
+
+import json
+import re
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sa_jax import animate
+from sa_jax.data import synthetic
+from sa_jax.eval import report
+from sa_jax.prep import frames as frame_io
+from tools import eval as eval_tool
+
+FRAMES = 16                       # FVD's window: each clip gives one
+SIZE = Image.open(animate.SAMPLE_DIR / 'reference.png').size   # the demo test's size: its program is reused
+OFFSET = 5                        # grey levels added to the noisy clip's frames
+
+
+def make_clip_set(root, count=2, frames=FRAMES, size=SIZE):
+  """Synthetic clips in the sa-prep inference layout with their ground truth in images/."""
+  folders = synthetic.write_clips(root, count, num_frames=frames, width=size[0], height=size[1])
+  for folder in folders:
+    shutil.copy(folder / 'images' / 'frame_0.png', folder / 'reference.png')
+    shutil.copy(folder / 'faces' / 'frame_0.png', folder / 'reference_face_mask.png')
+    np.save(folder / 'face_embedding.npy', np.load(folder / 'face_embeddings.npy')[0])
+  return folders
+
+
+def write_generated(out, clip, transform):
+  """`out/<clip>_frames/frame_<i>.png`: the clip's ground truth passed through `transform`."""
+  folder = out / f'{clip.name}_frames'
+  folder.mkdir(parents=True)
+  for path in frame_io.list_images(clip / 'images'):
+    frame_io.save_rgb(folder / path.name, transform(frame_io.load_rgb(path)))
+
+
+@pytest.fixture(scope='module')
+def clip_set(tmp_path_factory):
+  root = tmp_path_factory.mktemp('clips')
+  folders = make_clip_set(root / 'test')
+  generated = root / 'generated'
+  write_generated(generated, folders[0], lambda f: f)
+  write_generated(generated, folders[1], lambda f: np.minimum(f.astype(np.int32) + OFFSET, 255).astype(np.uint8))
+  return root / 'test', folders, generated
+
+
+@pytest.fixture(scope='module')
+def scored(clip_set, tmp_path_factory):
+  test, _, generated = clip_set
+  out = tmp_path_factory.mktemp('eval') / 'eval'
+  eval_tool.main(['--clips', str(test), '--generated', str(generated), '--out', str(out)])
+  return out, json.loads((out / 'metrics.json').read_text())
+
+
+def test_identical_frames_score_perfectly(clip_set, scored):
+  _, folders, _ = clip_set
+  row = scored[1]['clips'][folders[0].name]
+  assert row['frames'] == FRAMES
+  assert row['l1'] == 0 and row['l1_disco'] == 0 and row['psnr'] == 'inf' and row['psnr_disco'] == 100
+  assert row['ssim'] == pytest.approx(1, abs=1e-6) and row['ssim_disco'] == pytest.approx(1, abs=1e-6)
+  assert row['lpips'] == pytest.approx(0, abs=1e-6)
+
+
+def test_known_error_gives_its_psnr(clip_set, scored):
+  """The noisy clip's PSNR per frame is that of its exact MSE, computed here in float64."""
+  _, folders, generated = clip_set
+  row = scored[1]['clips'][folders[1].name]
+  for i, path in enumerate(frame_io.list_images(folders[1] / 'images')):
+    truth = frame_io.load_rgb(path).astype(np.float64) / 255
+    made = frame_io.load_rgb(generated / f'{folders[1].name}_frames' / path.name).astype(np.float64) / 255
+    # float32 metric vs float64 here: MSE to ~1e-6 relative, i.e. ~5e-6 dB.
+    assert row['per_frame']['psnr'][i] == pytest.approx(-10 * np.log10(np.mean((made - truth) ** 2)), abs=1e-4)
+  assert 0 < row['l1'] <= OFFSET / 255 + 1e-7 and row['lpips'] > 0 and row['ssim'] < 1
+
+
+def test_set_scores_and_what_was_skipped(scored):
+  out, scores = scored
+  total = scores['overall']
+  assert total['clips'] == 2 and total['fvd_windows'] == 2 and total['fvd'] >= 0
+  assert total['psnr'] == 'inf'          # one clip is identical: the mean of inf and a finite PSNR
+  assert set(scores['skipped']) == {'csim', 'pose'}
+  assert '--face-embedder' in scores['skipped']['csim'] and '--dwpose-dir' in scores['skipped']['pose']
+  table = (out / 'metrics.md').read_text()
+  assert table.count('\n| ') == 3 and 'csim: not computed' in table
+  for name in scores['clips']:
+    picture = frame_io.load_rgb(out / 'clips' / f'{name}.png')
+    # 4 rows (reference, pose, generated, truth) of 8 evenly spaced frames.
+    assert picture.shape == (len(report.LABELS) * (SIZE[1] + 12), report.STRIP_COLUMNS * SIZE[0], 3)
+
+
+def test_replaces_only_its_own_output(clip_set, scored, tmp_path):
+  test, _, generated = clip_set
+  out, _ = scored
+  argv = ['--clips', str(test), '--generated', str(generated), '--metrics', 'l1']
+  with pytest.raises(SystemExit, match=f'sa-eval: error: output {out} exists; pass --overwrite'):
+    eval_tool.main([*argv, '--out', str(out)])
+  eval_tool.main([*argv, '--out', str(out), '--overwrite'])
+  assert set(json.loads((out / 'metrics.json').read_text())['overall']) == {'l1', 'l1_disco', 'clips'}
+  foreign = tmp_path / 'mine'
+  foreign.mkdir()
+  (foreign / 'notes.txt').write_text('keep')
+  with pytest.raises(SystemExit, match=r'is not an sa-eval output \(a folder with its metrics.json\); refusing'):
+    eval_tool.main([*argv, '--out', str(foreign), '--overwrite'])
+  assert (foreign / 'notes.txt').read_text() == 'keep'
+  with pytest.raises(SystemExit, match='is or holds the input'):
+    eval_tool.main([*argv, '--out', str(test.parent), '--overwrite'])
+
+
+def test_demo_model_animates_then_scores(clip_set, tmp_path):
+  test, folders, _ = clip_set
+  out = tmp_path / 'eval'
+  eval_tool.main(['--clips', str(test), '--demo', '--out', str(out), '--metrics', 'l1,psnr,ssim',
+                  '--num-frames', '5', '--steps', '2', '--width', '0', '--height', '0'])
+  scores = json.loads((out / 'metrics.json').read_text())
+  assert sorted(scores['clips']) == sorted(f.name for f in folders) and scores['failed'] == []
+  for folder in folders:
+    assert len(frame_io.list_images(out / 'generated' / f'{folder.name}_frames')) == 5
+    assert (out / 'generated' / f'{folder.name}.mp4').is_file()
+    assert scores['clips'][folder.name]['frames'] == 5 and np.isfinite(scores['clips'][folder.name]['psnr'])
+  assert not [p for p in out.parent.iterdir() if p.name.startswith('.')], 'staging left behind'
+
+
+def _bad(tmp_path, fault):
+  """A one-clip set with `fault` applied to the clip or its generated frames."""
+  clip = make_clip_set(tmp_path / 'test', count=1, frames=3, size=(64, 64))[0]
+  generated = tmp_path / 'generated'
+  write_generated(generated, clip, lambda f: f)
+  fault(clip, generated / f'{clip.name}_frames')
+  return ['--clips', str(tmp_path / 'test'), '--generated', str(generated), '--out', str(tmp_path / 'eval')]
+
+
+def _resize(folder, size):
+  for path in frame_io.list_images(folder):
+    frame_io.save_rgb(path, np.asarray(Image.fromarray(frame_io.load_rgb(path)).resize(size)))
+
+
+@pytest.mark.parametrize('fault, message', [
+    (lambda clip, made: shutil.rmtree(clip / 'images'), r'clip .*00000: no ground truth: .*images is missing'),
+    (lambda clip, made: (made / 'frame_2.png').unlink(),
+     r'clip 00000: 2 generated frames but 3 ground-truth frames in .*images; they must match'),
+    (lambda clip, made: _resize(made, (64, 128)),
+     r'clip 00000: generated frames are 64x128 but the ground truth 64x64: aspect ratios differ'),
+    (lambda clip, made: shutil.rmtree(made), r'clip 00000: no generated frames in .*generated'),
+    (lambda clip, made: (clip / 'images' / 'frame_1.png').write_bytes(b'not a png'),
+     r'cannot read image .*00000/images/frame_1.png'),
+])
+def test_bad_clip_sets_are_one_line_errors_naming_the_clip(tmp_path, capsys, fault, message):
+  argv = _bad(tmp_path, fault)
+  with pytest.raises(SystemExit) as stop:
+    eval_tool.main(argv)
+  assert stop.value.code != 0
+  first, *rest = str(stop.value.code).splitlines()
+  assert first.startswith('sa-eval: error: ') and not rest
+  assert re.search(message, first), first
+  assert not (tmp_path / 'eval').exists()
+
+
+def test_larger_generated_frames_of_the_same_aspect_are_resized(tmp_path):
+  argv = _bad(tmp_path, lambda clip, made: _resize(made, (128, 128)))
+  eval_tool.main([*argv, '--metrics', 'psnr'])
+  assert json.loads((tmp_path / 'eval' / 'metrics.json').read_text())['overall']['psnr'] > 20
