@@ -5,6 +5,7 @@ r"""`python -m tools.bench`: timing and memory benchmarks, each against a baseli
   python -m tools.bench sampler --steps 25 --hjb         # one-scan sampler vs a Python loop of steps
   python -m tools.bench memory --full-size               # + the release config at 512x512, 16 frames
   python -m tools.bench unet --unet-frames 8 --unet-size 32
+  python -m tools.bench eval --eval-size 512              # sa-eval's metrics: seconds per 16-frame clip
 
 Every table gives wall times as the median of `--repeats` runs after one warm-up run, the compile
 time (trace + lower + XLA compile) apart, and a ratio to the table's baseline row measured in the
@@ -33,13 +34,14 @@ from PIL import Image
 from configs import animate as animate_config
 from configs import svd_xt
 from sa_jax import animate, diffusion
-from sa_jax.models import random_init, stable_animator, unet
+from sa_jax.eval import evaluate, face, fvd, lpips
+from sa_jax.models import iresnet, random_init, stable_animator, unet
 from sa_jax.models.stable_animator import ModelConfigs
 from sa_jax.sampling import hjb, pipeline, sampler
 from tools import setup_logging
 
 logger = logging.getLogger('bench')
-BENCHMARKS = ('sampler', 'hjb', 'memory', 'unet', 'reference', 'batch')
+BENCHMARKS = ('sampler', 'hjb', 'memory', 'unet', 'reference', 'batch', 'eval')
 MIB = 2 ** 20
 REFERENCE_DIR = Path(__file__).resolve().parents[1] / 'tests' / 'reference'
 
@@ -343,6 +345,41 @@ def bench_batch(args: argparse.Namespace) -> None:
          ['one compiled program per batch size; every video of a batch gives the frames it gives alone'])
 
 
+def bench_eval(args: argparse.Namespace) -> None:
+  """sa-eval's metrics: seconds to score one clip of 16 frames (one FVD window) at `--eval-size`
+  square, each metric's network compiled and loaded apart, against L1 as the baseline. CSIM runs the
+  release-size IResNet (r100) with random weights; the pose error's DWPose models are not bundled and
+  are left out."""
+  rng = np.random.default_rng(0)
+  size, frames = args.eval_size, fvd.WINDOW
+  truth = rng.integers(0, 256, (frames, size, size, 3), np.uint8)
+  made = np.clip(truth.astype(np.int32) + rng.integers(-20, 21, truth.shape), 0, 255).astype(np.uint8)
+  masks = np.zeros((frames, size, size), np.uint8)
+  masks[:, size // 4:3 * size // 4, size // 4:3 * size // 4] = 255
+  embedder = iresnet.IResNetConfig()
+  embedder_params = jax.device_put(random_init.random_params(iresnet.abstract_params(embedder), 0))
+  reference = face.iresnet_reference_embedding(embedder_params, embedder, truth[0], masks[0])
+  i3d = fvd.make_i3d()
+  scorers = {key: (lambda fn=fn: evaluate.per_frame(fn, made, truth))
+             for name in ('l1', 'psnr', 'ssim') for key, fn in evaluate.FRAME_METRICS[name].items()}
+  lpips_fn = lpips.make_lpips('alexnet')
+  scorers['lpips (AlexNet)'] = lambda: evaluate.per_frame(lpips_fn, made, truth)
+  scorers['fvd features (I3D, both videos)'] = lambda: (i3d(fvd.clip_windows(made)), i3d(fvd.clip_windows(truth)))
+  scorers['csim (IResNet r100)'] = lambda: face.iresnet_similarity(embedder_params, embedder, made, masks,
+                                                                   reference).per_frame
+  rows, base = [], None
+  for name, score in scorers.items():
+    start = time.perf_counter()
+    jax.block_until_ready(score())
+    first = time.perf_counter() - start
+    run_time, _ = _run_time(score, args.repeats)
+    base = base or run_time
+    rows.append((name + (' (baseline)' if len(rows) == 0 else ''), first, run_time, _ratio(run_time, base)))
+  _table(f'eval: seconds per clip of {frames} frames at {size}x{size}',
+         ('metric', 'first call s (compile)', f'run s (median of {args.repeats})', 'ratio to L1'), rows,
+         ['pose error (DWPose, ONNX) not included: its models are not bundled'])
+
+
 # ------------------------------------------------------------------------------------------- main
 
 def _parser() -> argparse.ArgumentParser:
@@ -365,6 +402,7 @@ def _parser() -> argparse.ArgumentParser:
                  help='unet: query chunk (None: a quarter of the tokens); memory: adds a row with it')
   p.add_argument('--unet-batch-size', type=int, help='memory: adds a row with this many UNet rows per call')
   p.add_argument('--batch-sizes', type=int, nargs='+', default=[1, 4], help='batch: videos per compiled call')
+  p.add_argument('--eval-size', type=int, default=256, help='eval: frame height = width')
   p.add_argument('--reference-dir', default=os.environ.get('SA_REFERENCE_DIR', str(REFERENCE_DIR)),
                  help='reference: golden set whose first UNet case gives config and weights')
   return p

@@ -8,7 +8,7 @@ last padded), so each frame size compiles once whatever the clips' lengths.
 
 import dataclasses
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 

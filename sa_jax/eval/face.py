@@ -195,7 +195,7 @@ def insightface_embeddings(app: faces.FaceAnalysis, frames: np.ndarray) -> tuple
   embeddings = np.zeros((frames.shape[0], faces.EMBEDDING_DIM), np.float32)
   has_face = np.zeros(frames.shape[0], bool)
   for i, frame in enumerate(frames):
-    embedding = faces._largest_face(app, frame)[1]
+    embedding = faces.largest_face(app, frame)[1]
     if embedding is not None:
       embeddings[i], has_face[i] = embedding, True
   return embeddings, has_face

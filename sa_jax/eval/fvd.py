@@ -88,12 +88,22 @@ def _logits(model: InceptionI3d, variables: dict, videos: jax.Array) -> jax.Arra
   return logits
 
 
+def _batches(count: int, batch_size: int) -> list[int]:
+  """Sizes of the network calls for `count` clips: full batches of `batch_size`, then the remainder
+  rounded up to a power of two (so at most log2(batch_size) + 1 programs, and a single clip runs alone)."""
+  sizes = [batch_size] * (count // batch_size)
+  if count % batch_size:
+    sizes.append(min(batch_size, 1 << (count % batch_size - 1).bit_length()))
+  return sizes
+
+
 def make_i3d(batch_size: int = 8) -> Callable[[np.ndarray], np.ndarray]:
   """Builds the I3D feature extractor of FVD, with the pretrained weights read once.
 
   Args:
-    batch_size: clips per network call; the last batch is padded to it, so the network compiles
-      once per clip length (the resize once per input shape).
+    batch_size: the most clips per network call. Calls take full batches, then the remainder padded
+      to a power of two: the network compiles at most log2(batch_size) + 1 times per clip length
+      (the resize once per input shape) and never runs more than twice the clips it is given.
 
   Returns:
     `features(videos) -> [N, 400]` float32 numpy of uint8 RGB clips `videos: [N, T, H, W, 3]`
@@ -110,12 +120,13 @@ def make_i3d(batch_size: int = 8) -> Callable[[np.ndarray], np.ndarray]:
       raise ValueError(f'videos are {videos.dtype} {videos.shape}, expected uint8 [N, T, H, W, 3]')
     if videos.shape[1] < MIN_FRAMES:
       raise ValueError(f'videos have {videos.shape[1]} frames, expected at least {MIN_FRAMES}')
-    count = videos.shape[0]
-    padded = -count % batch_size
-    videos = np.concatenate([videos, np.zeros((padded,) + videos.shape[1:], np.uint8)])
-    batches = videos.reshape((-1, batch_size) + videos.shape[1:])  # [N + pad, ...] -> [N / B, B, ...]
-    out = [np.asarray(logits(variables, preprocess(batch))) for batch in batches]
-    return np.concatenate(out)[:count]                             # [N + pad, 400] -> [N, 400]
+    out, start = [], 0
+    for size in _batches(videos.shape[0], batch_size):
+      batch = videos[start:start + size]                           # [<= size, T, H, W, 3]
+      padded = np.concatenate([batch, np.zeros((size - len(batch),) + videos.shape[1:], np.uint8)])
+      out.append(np.asarray(logits(variables, preprocess(padded)))[:len(batch)])
+      start += size
+    return np.concatenate(out)                                     # [N, 400]
 
   return features
 

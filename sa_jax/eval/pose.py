@@ -31,19 +31,15 @@ Protocol, on the 18 OpenPose body keypoints only:
 Numpy only. Shapes: `F` frames, `P` driving people, `Q` generated people, `K` compared keypoints.
 """
 
-import json
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
-from sa_jax.prep import skeleton
-from sa_jax.prep.align import Alignment
+from sa_jax.prep import pipeline, skeleton
 from sa_jax.prep.dwpose import PoseEstimator
 from sa_jax.prep.keypoints import BODY, Pose
-from sa_jax.prep.pipeline import FORMAT
 
 VISIBLE = skeleton.VISIBLE          # a joint is drawn (and compared) when its score is > 0.3
 DEFAULT_ALPHA = 0.05                # MMPose PCKAccuracy's default threshold
@@ -89,24 +85,8 @@ def read_driving_poses(keypoints_file: str | os.PathLike, align: bool = True) ->
   Returns:
     one `Pose` per frame, normalised by the pose image's size.
   """
-  path = Path(keypoints_file)
-  try:
-    record = json.loads(path.read_text())
-  except OSError as err:
-    raise FileNotFoundError(f'keypoints file {path}: cannot read ({err.strerror or err})') from err
-  except ValueError as err:     # JSONDecodeError, UnicodeDecodeError
-    raise ValueError(f'{path}: not a keypoints.json of sa-prep (invalid JSON: {err})') from err
-  if not isinstance(record, dict) or record.get('format') != FORMAT:
-    found = record.get('format') if isinstance(record, dict) else type(record).__name__
-    raise ValueError(f'{path} has format {found!r}, expected {FORMAT!r}')
-  try:
-    poses = [Pose.from_dict(entry) for entry in record['frames']]
-    if align and record.get('alignment') is not None:
-      alignment = Alignment.from_dict(record['alignment'])
-      poses = [alignment.apply(pose) for pose in poses]
-  except (KeyError, TypeError, ValueError, IndexError) as err:
-    raise ValueError(f'{path}: malformed keypoints record ({type(err).__name__}: {err})') from err
-  return poses
+  poses, alignment, _ = pipeline.read_keypoints(keypoints_file, align)
+  return poses if alignment is None else [alignment.apply(pose) for pose in poses]
 
 
 def body_pixels(pose: Pose, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:

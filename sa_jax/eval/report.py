@@ -70,24 +70,28 @@ def markdown(scores: Mapping[str, Any]) -> str:
   notes = ['', 'Means over frames, then over clips. L1 on [0, 1] pixels; L1 (DisCo) is the absolute 0..255 '
            'error / (H W) that papers print; PSNR in float, PSNR (DisCo) with its uint8 wrap-around, for '
            'comparison with published tables only (docs/evaluation.md).']
+  missing = {'no_face_frames': 'a face', 'no_person_frames': 'a detected person matching the skeleton',
+             'no_driving_frames': 'a visible driving skeleton'}
   for name, row in clips.items():
-    for what in ('no_face_frames', 'no_person_frames'):
-      if row.get(what):
-        notes.append(f'- {name}: {row[what]} of {row["frames"]} frames without a '
-                     f'{"face" if what == "no_face_frames" else "person"} (left out of its mean)')
+    for key, what in missing.items():
+      if row.get(key):
+        notes.append(f'- {name}: {row[key]} of {row["frames"]} frames without {what} (left out of its mean)')
   for metric, reason in scores.get('skipped', {}).items():
     notes.append(f'- {metric}: not computed: {reason}')
   return '\n'.join(lines + notes) + '\n'
 
 
 def to_json(scores: Mapping[str, Any]) -> str:
-  """JSON text of the scores; infinities and NaNs as strings (JSON has neither)."""
+  """JSON text of the scores (JSON has no NaN or infinity): NaN (a frame without a face or a person)
+  as null, infinities (identical frames' PSNR) as the strings "inf" and "-inf"."""
   def clean(value):
     if isinstance(value, dict):
       return {k: clean(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
       return [clean(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
+    if isinstance(value, float) and math.isnan(value):
+      return None
+    if isinstance(value, float) and math.isinf(value):
       return str(value)
     return value
   return json.dumps(clean(scores), indent=2) + '\n'

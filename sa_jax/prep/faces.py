@@ -106,7 +106,7 @@ def reference_faces(app: FaceAnalysis, image: np.ndarray) -> tuple[np.ndarray, n
     float32 [M, 5] boxes (x1, y1, x2, y2, score), and the float32 [512] raw ArcFace embedding of the
     largest face (by box area; the last of equals) or zeros(512) with a warning when there is no face.
   """
-  boxes, embedding = _largest_face(app, image)
+  boxes, embedding = largest_face(app, image)
   if embedding is None:
     logger.warning('no face found in the reference image: the face embedding is zeros(%d), which '
                    'removes the identity conditioning', EMBEDDING_DIM)
@@ -118,10 +118,10 @@ def training_embedding(app: FaceAnalysis, image: np.ndarray, size: tuple[int, in
   """The face embedding the training loader computes for a reference frame (SPEC §5): the frame
   resized to `size` (width, height) with cv2 bilinear, the largest face's raw embedding; None
   without a face (the loader then uses zeros)."""
-  return _largest_face(app, cv2.resize(image, size, interpolation=cv2.INTER_LINEAR))[1]
+  return largest_face(app, cv2.resize(image, size, interpolation=cv2.INTER_LINEAR))[1]
 
 
-def _largest_face(app: FaceAnalysis, image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+def largest_face(app: FaceAnalysis, image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
   """Boxes `[M, 5]` of an RGB image (fed as BGR) and the raw `[512]` embedding of its largest face."""
   faces = app.get(cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
   boxes = np.array([np.append(f.bbox[:4], f.det_score) for f in faces], np.float32).reshape(-1, 5)

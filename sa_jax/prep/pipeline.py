@@ -180,20 +180,10 @@ def run_plan(plan: Plan, providers: Sequence[str] | None = None) -> Path:
   return out
 
 
-def redraw(keypoints_file: str | os.PathLike, out: str | os.PathLike, *, align: bool = True,
-           overwrite: bool = False) -> Path:
-  """Draws the skeletons of a `keypoints.json` again into the folder `out` (`frame_<i>.png`), no models.
-
-  Args:
-    keypoints_file: a `keypoints.json` written by `prepare`.
-    out: output folder (must be absent or empty unless `overwrite`).
-    align: apply the stored alignment (at the reference size); False draws the detected keypoints at
-      each frame's size.
-    overwrite: replace a non-empty output folder.
-
-  Returns:
-    the output folder.
-  """
+def read_keypoints(keypoints_file: str | os.PathLike, align: bool = True
+                   ) -> tuple[list[Pose], Alignment | None, Pose | None]:
+  """The records of a `keypoints.json` written by `prepare`: each frame's detected pose, and with
+  `align` the stored alignment and reference pose (None where there is none or not `align`)."""
   path = Path(keypoints_file)
   if not path.is_file():
     raise FileNotFoundError(f'keypoints file not found: {path}')
@@ -212,8 +202,26 @@ def redraw(keypoints_file: str | os.PathLike, out: str | os.PathLike, *, align: 
       reference_pose = Pose.from_dict(record['reference'])
   except (KeyError, TypeError, ValueError, IndexError) as err:
     raise ValueError(f'{path}: malformed keypoints record ({type(err).__name__}: {err})') from err
+  return poses, alignment, reference_pose
+
+
+def redraw(keypoints_file: str | os.PathLike, out: str | os.PathLike, *, align: bool = True,
+           overwrite: bool = False) -> Path:
+  """Draws the skeletons of a `keypoints.json` again into the folder `out` (`frame_<i>.png`), no models.
+
+  Args:
+    keypoints_file: a `keypoints.json` written by `prepare`.
+    out: output folder (must be absent or empty unless `overwrite`).
+    align: apply the stored alignment (at the reference size); False draws the detected keypoints at
+      each frame's size.
+    overwrite: replace a non-empty output folder.
+
+  Returns:
+    the output folder.
+  """
+  poses, alignment, reference_pose = read_keypoints(keypoints_file, align)
   if align and alignment is None:
-    logger.warning('%s has no alignment: drawing the skeletons unaligned', path)
+    logger.warning('%s has no alignment: drawing the skeletons unaligned', keypoints_file)
   with staging.staged_dir(out, overwrite, is_pose_folder, [keypoints_file]) as folder:
     _draw_skeletons(folder, poses, alignment, reference_pose)
   return Path(out)

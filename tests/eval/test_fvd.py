@@ -60,6 +60,12 @@ def test_clip_windows():
     fvd.clip_windows(video[..., 0])
 
 
+def test_network_calls_never_run_more_than_twice_the_clips():
+  assert fvd._batches(1, 8) == [1] and fvd._batches(0, 8) == []
+  assert fvd._batches(7, 4) == [4, 4] and fvd._batches(9, 8) == [8, 1] and fvd._batches(11, 8) == [8, 4]
+  assert fvd._batches(5, 8) == [8] and fvd._batches(3, 2) == [2, 1]
+
+
 def test_resize_is_tf1_bilinear():
   # TF1 resize_bilinear (no half-pixel centres): output i samples input i * in / out, edge-clamped.
   np.testing.assert_array_equal(fvd._resize_matrix(2, 4), [[1, 0], [.5, .5], [0, 1], [0, 1]])

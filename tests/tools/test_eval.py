@@ -9,10 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sa_jax import animate
+from sa_jax import animate, checkpoint
 from sa_jax.data import synthetic
-from sa_jax.eval import report
+from sa_jax.eval import face, report
 from sa_jax.prep import frames as frame_io
+from sa_jax.prep import pipeline as prep_pipeline
+from tests.prep import conftest as prep_conftest
+from tests.prep.conftest import inputs  # noqa: F401  (the synthetic DWPose/insightface models)
 from tools import eval as eval_tool
 
 FRAMES = 16                       # FVD's window: each clip gives one
@@ -163,3 +166,54 @@ def test_larger_generated_frames_of_the_same_aspect_are_resized(tmp_path):
   argv = _bad(tmp_path, lambda clip, made: _resize(made, (128, 128)))
   eval_tool.main([*argv, '--metrics', 'psnr'])
   assert json.loads((tmp_path / 'eval' / 'metrics.json').read_text())['overall']['psnr'] > 20
+
+
+@pytest.fixture(scope='module')
+def prepared(inputs, tmp_path_factory):
+  """A clip made by sa-prep from the synthetic driving video (red: person and face, grey: person, black:
+  neither), generated frames equal to its driving frames."""
+  root = tmp_path_factory.mktemp('prepared')
+  clip = prep_pipeline.prepare(root / 'test' / 'drive', reference=inputs.reference, video=inputs.video,
+                               dwpose_dir=inputs.dwpose_dir, insightface_root=inputs.insightface_root,
+                               config=prep_pipeline.PrepConfig(width=64, height=64))
+  write_generated(root / 'generated', clip, lambda f: f)
+  return root
+
+
+def _score(root, out, *options):
+  eval_tool.main(['--clips', str(root / 'test'), '--generated', str(root / 'generated'), '--out', str(out),
+                  *options])
+  return json.loads((out / 'metrics.json').read_text())['clips']['drive']
+
+
+def test_face_similarity_and_pose_error_with_the_prep_models(inputs, prepared, tmp_path):
+  row = _score(prepared, tmp_path / 'eval', '--metrics', 'csim,pose', '--insightface-root',
+               str(inputs.insightface_root), '--dwpose-dir', str(inputs.dwpose_dir))
+  faces = [c == prep_conftest.RED for c in prep_conftest.VIDEO_COLOURS]
+  assert row['no_face_frames'] == faces.count(False)
+  assert [v is None for v in row['per_frame']['csim']] == [not f for f in faces]
+  # The reference and the face frames are one flat red: the same face crop, similarity 1 up to float32.
+  assert row['csim'] == pytest.approx(1, abs=1e-5)
+  people = [c != prep_conftest.BLACK for c in prep_conftest.VIDEO_COLOURS]
+  assert row['no_driving_frames'] == people.count(False) and row['no_person_frames'] == 0
+  assert np.isfinite(row['pose_error_px']) and 0 <= row['pck'] <= 1
+
+
+def test_face_similarity_with_our_iresnet(checkpoint_dir, prepared, tmp_path):
+  """The face embedder of a converted checkpoint crops the faces of the clip's masks (sa-prep's
+  all-255 mask of a frame without a face counts as no face)."""
+  row = _score(prepared, tmp_path / 'eval', '--metrics', 'csim', '--face-embedder', str(checkpoint_dir))
+  faces = [c == prep_conftest.RED for c in prep_conftest.VIDEO_COLOURS]
+  assert [v is None for v in row['per_frame']['csim']] == [not f for f in faces]
+  # What the library gives for the clip's own masks and reference (float32: equal to rounding).
+  params, config = checkpoint.load(checkpoint_dir, ['face_embedder'])
+  clip = prepared / 'test' / 'drive'
+  params, config = params['face_embedder'], config.models.face_embedder
+  reference = face.iresnet_reference_embedding(params, config, frame_io.load_rgb(clip / 'reference.png'),
+                                               frame_io.load_mask(clip / 'reference_face_mask.png'))
+  frames = np.stack([frame_io.load_rgb(p) for p in frame_io.list_images(clip / 'images')])
+  masks = np.stack([frame_io.load_mask(p) for p in frame_io.list_images(clip / 'faces')])
+  expected = face.iresnet_similarity(params, config, frames, masks, reference)
+  assert row['csim'] == pytest.approx(expected.mean, abs=1e-6)
+  # Flat red crops of two box sizes: the same face but for the crops' bilinear borders.
+  assert row['csim'] > 0.99
