@@ -34,7 +34,7 @@ from PIL import Image
 from configs import animate as animate_config
 from configs import svd_xt
 from sa_jax import animate, diffusion
-from sa_jax.eval import evaluate, face, fvd, lpips
+from sa_jax.eval import face, fvd, lpips, metrics
 from sa_jax.models import iresnet, random_init, stable_animator, unet
 from sa_jax.models.stable_animator import ModelConfigs
 from sa_jax.sampling import hjb, pipeline, sampler
@@ -360,10 +360,10 @@ def bench_eval(args: argparse.Namespace) -> None:
   embedder_params = jax.device_put(random_init.random_params(iresnet.abstract_params(embedder), 0))
   reference = face.iresnet_reference_embedding(embedder_params, embedder, truth[0], masks[0])
   i3d = fvd.make_i3d()
-  scorers = {key: (lambda fn=fn: evaluate.per_frame(fn, made, truth))
-             for name in ('l1', 'psnr', 'ssim') for key, fn in evaluate.FRAME_METRICS[name].items()}
+  scorers = {key: (lambda fn=fn: metrics.per_frame(fn, made, truth))
+             for name in ('l1', 'psnr', 'ssim') for key, fn in metrics.FRAME_METRICS[name].items()}
   lpips_fn = lpips.make_lpips('alexnet')
-  scorers['lpips (AlexNet)'] = lambda: evaluate.per_frame(lpips_fn, made, truth)
+  scorers['lpips (AlexNet)'] = lambda: metrics.per_frame(lpips_fn, made, truth)
   scorers['fvd features (I3D, both videos)'] = lambda: (i3d(fvd.clip_windows(made)), i3d(fvd.clip_windows(truth)))
   scorers['csim (IResNet r100)'] = lambda: face.iresnet_similarity(embedder_params, embedder, made, masks,
                                                                    reference).per_frame

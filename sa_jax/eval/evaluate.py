@@ -2,8 +2,8 @@
 
 `evaluate` takes clips whose generated and ground-truth frames are on disk (`sa_jax.eval.clips`) and
 the loaded metric networks (`load_networks`; a metric whose network is absent is skipped, with its
-reason, and the others still run). Frame metrics run jitted in fixed chunks of `CHUNK` frames (the
-last padded), so each frame size compiles once whatever the clips' lengths.
+reason, and the others still run). Frame metrics run jitted in fixed chunks of frames (the
+last padded: `metrics.per_frame`), so each frame size compiles once whatever the clips' lengths.
 """
 
 import dataclasses
@@ -25,28 +25,10 @@ from sa_jax.prep.dwpose import PoseEstimator
 logger = logging.getLogger(__name__)
 
 METRICS = ('l1', 'psnr', 'ssim', 'lpips', 'fvd', 'csim', 'pose')
-# Per-frame functions of (generated, truth) uint8 [N, H, W, 3] -> [N], by JSON key, per metric.
-FRAME_METRICS = {
-    'l1': {'l1': metrics.l1, 'l1_disco': metrics.l1_disco},
-    'psnr': {'psnr': metrics.psnr, 'psnr_disco': metrics.psnr_disco},
-    'ssim': {'ssim': metrics.ssim, 'ssim_disco': metrics.ssim_disco},
-}
-CHUNK = 8       # frames per jitted metric call
 # Files of an sa-prep clip folder the network metrics read.
 KEYPOINTS, FACES, REFERENCE_MASK, FACE_EMBEDDING = 'keypoints.json', 'faces', 'reference_face_mask.png', 'face_embedding.npy'
 _NEEDED_BY = {KEYPOINTS: 'the pose error', FACES: 'CSIM with --face-embedder',
               REFERENCE_MASK: 'CSIM with --face-embedder', FACE_EMBEDDING: 'CSIM with --insightface-root'}
-
-
-def per_frame(fn: Callable[[Any, Any], Any], generated: np.ndarray, truth: np.ndarray) -> np.ndarray:
-  """`fn` over `[F, H, W, 3]` pairs in chunks of `CHUNK` frames (the last padded by repeating its last
-  frame, the padding's values dropped): `[F]` float64."""
-  values = []
-  for start in range(0, len(truth), CHUNK):
-    pad = lambda x: np.concatenate([x, np.repeat(x[-1:], CHUNK - len(x), axis=0)])
-    a, b = generated[start:start + CHUNK], truth[start:start + CHUNK]
-    values.append(np.asarray(fn(pad(a), pad(b)), np.float64)[:len(a)])
-  return np.concatenate(values)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,10 +111,10 @@ def evaluate(clips: Sequence[tuple[clip_io.Clip, int]], networks: Networks, name
     made, truth = clip_io.load_pair(clip, count)            # [F, h, w, 3] as generated, [F, H, W, 3]
     generated = clip_io.to_size(made, truth.shape[2:0:-1])  # compared at the truth's size
     reference, poses = _reference_and_poses(clip, count)
-    frame_fns = {key: fn for name in names for key, fn in FRAME_METRICS.get(name, {}).items()}
+    frame_fns = {key: fn for name in names for key, fn in metrics.FRAME_METRICS.get(name, {}).items()}
     if 'lpips' in names and networks.lpips is not None:
       frame_fns['lpips'] = networks.lpips
-    values = {key: per_frame(fn, generated, truth) for key, fn in frame_fns.items()}
+    values = {key: metrics.per_frame(fn, generated, truth) for key, fn in frame_fns.items()}
     row: dict[str, Any] = {'frames': count, **{key: report.mean(v) for key, v in values.items()}}
     if 'fvd' in names and networks.i3d is not None:
       if count < fvd.WINDOW:

@@ -17,9 +17,12 @@ frames. They are jitted JAX functions, usable on a batch inside training's valid
     sample covariance, data range 255, averaged over the pixels whose window lies inside the frame.
 """
 
+from collections.abc import Callable
+
 import dm_pix
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 FRAME_AXES = (-3, -2, -1)                     # H, W, C of `[..., H, W, 3]`
 DISCO_PSNR_OF_ZERO_ERROR = 100.0              # what `psnr_eval` returns for identical frames
@@ -97,3 +100,30 @@ def ssim_disco(a: jax.Array, b: jax.Array) -> jax.Array:
   c1, c2 = (0.01 * 255.0)**2, (0.03 * 255.0)**2
   index = ((2 * mean_x * mean_y + c1) * (2 * cov + c2)) / ((mean_x**2 + mean_y**2 + c1) * (var_x + var_y + c2))
   return jnp.mean(index, axis=(-2, -1))
+
+
+# The frame metrics by name (`sa-eval --metrics`), each with its values by key: correct and DisCo's.
+FRAME_METRICS = {
+    'l1': {'l1': l1, 'l1_disco': l1_disco},
+    'psnr': {'psnr': psnr, 'psnr_disco': psnr_disco},
+    'ssim': {'ssim': ssim, 'ssim_disco': ssim_disco},
+}
+CHUNK = 8       # frames per jitted call of `per_frame`
+
+
+def per_frame(fn: Callable[[jax.Array, jax.Array], jax.Array], generated: np.ndarray, truth: np.ndarray
+              ) -> np.ndarray:
+  """`fn` over `[F, H, W, 3]` pairs in chunks of `CHUNK` frames (the last padded by repeating its last
+  frame, the padding's values dropped), so a frame size compiles once whatever F: `[F]` float64."""
+  values = []
+  pad = lambda x: np.concatenate([x, np.repeat(x[-1:], CHUNK - len(x), axis=0)])
+  for start in range(0, len(truth), CHUNK):
+    a, b = generated[start:start + CHUNK], truth[start:start + CHUNK]
+    values.append(np.asarray(fn(pad(a), pad(b)), np.float64)[:len(a)])
+  return np.concatenate(values)
+
+
+def frame_means(generated: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+  """Every frame metric's mean over the frames of uint8 `[F, H, W, 3]` pairs (training's validation)."""
+  return {key: float(np.mean(per_frame(fn, generated, truth)))
+          for metric in FRAME_METRICS.values() for key, fn in metric.items()}

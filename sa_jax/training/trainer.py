@@ -27,6 +27,9 @@ from tqdm import tqdm
 
 from sa_jax import animate, checkpoint, outputs, sharding
 from sa_jax.data import clips
+from sa_jax.eval import clips as eval_clips
+from sa_jax.eval import metrics as eval_metrics
+from sa_jax.prep import frames as frame_io
 from sa_jax.training import checkpoints as run_checkpoints
 from sa_jax.training import loss as loss_lib
 from sa_jax.training import optimizer as optimizer_lib
@@ -266,14 +269,30 @@ def validation_inputs(config: Any, models: Any) -> animate.Inputs | None:
   return inputs
 
 
+def validation_scores(frames: np.ndarray, case: Path) -> dict[str, float]:
+  """`validation/<metric>`: L1, PSNR and SSIM (and DisCo's, `sa_jax.eval.metrics`) of a validation
+  video `[F, h, w, 3]` against the case's ground truth `images/` (its first F frames, at their size,
+  as `sa-eval` scores); {} when the case has fewer ground-truth frames or another aspect ratio."""
+  truth_files = frame_io.list_images(case / eval_clips.TRUTH) if (case / eval_clips.TRUTH).is_dir() else []
+  if len(truth_files) < len(frames):
+    return {}
+  truth = np.stack([frame_io.load_rgb(p) for p in truth_files[:len(frames)]])
+  if not eval_clips.same_aspect(frames.shape[2:0:-1], truth.shape[2:0:-1]):
+    return {}
+  generated = eval_clips.to_size(frames, truth.shape[2:0:-1])
+  return {f'validation/{key}': value for key, value in eval_metrics.frame_means(generated, truth).items()}
+
+
 def validate(state: dict[str, Any], ckpt: checkpoint.CheckpointConfig, config: Any, inputs: animate.Inputs,
              step: int, workdir: str, writer: MetricWriter) -> Path:
-  """Samples the validation case with the current parameters into `workdir/validation/step_<n>.mp4`."""
+  """Samples the validation case with the current parameters into `workdir/validation/step_<n>.mp4`,
+  with its scores against the case's ground truth where it has one (`validation_scores`)."""
   params = jax.device_get(trained_params(state, ema='ema' in state))
   frames, _, _ = animate.animate(params, ckpt, inputs, validation_run(config))
   out = Path(workdir) / 'validation' / f'step_{step:06d}.mp4'
   animate.write_outputs(frames, out, config.loss.fps, overwrite=True)
   writer.write_video(step, 'validation', frames)
+  writer.write_scalars(step, validation_scores(frames, Path(config.validation.case)))
   return out
 
 
