@@ -27,7 +27,7 @@ from convert import iresnet as convert_iresnet
 from convert import release, state_dict
 from sa_jax import animate, checkpoint, outputs
 from sa_jax.eval import clips as clip_io
-from sa_jax.eval import evaluate, report
+from sa_jax.eval import evaluate, fvd, report
 from sa_jax.models import iresnet
 from sa_jax.prep import frames as frame_io
 from tools import animate as animate_tool
@@ -77,6 +77,7 @@ class Job:
     networks: where each metric network comes from (`evaluate.NetworkFiles`).
     skipped: metrics not computed and why.
     out: the output folder.
+    staging: the hidden folder it is built in, renamed to `out` when complete.
     overwrite: the user's `--overwrite`.
   """
   clips: list[clip_io.Clip]
@@ -86,6 +87,7 @@ class Job:
   networks: evaluate.NetworkFiles
   skipped: dict[str, str]
   out: Path
+  staging: Path
   overwrite: bool
 
 
@@ -118,34 +120,26 @@ def validate(argv: Sequence[str]) -> Job:
     parser.error('give --face-embedder or --insightface-root, not both')
   clips = clip_io.clip_set(animate.find_cases(args.clips))
   out = Path(args.out)
-  networks, skipped = evaluate.check_networks(
-      metrics, lpips_net=args.lpips_net, face_embedder=args.face_embedder,
-      insightface_root=args.insightface_root, dwpose_dir=args.dwpose_dir)
-  inputs = [*(c.folder for c in clips), args.generated, args.checkpoint, *networks.paths()]
-  outputs.check_target(out, overwrite=args.overwrite, ours=is_output, inputs=inputs,
-                       what='an sa-eval output (a folder with its metrics.json)')
+  staging = outputs.staging_path(out)
   animation = None
   if animating:
-    animate_argv = ['--input', *map(str, (c.folder for c in clips)), '--out', str(out / GENERATED), *rest]
-    if args.checkpoint:
-      animate_argv += ['--checkpoint', args.checkpoint]
-    if args.num_frames:
-      animate_argv += ['--num-frames', str(args.num_frames)]
-    animation = animate_tool.validate(animate_argv)
-    if animation.failures:
-      raise ValueError('; '.join(f'clip {clips[i].name}: {err}' for i, err in animation.failures.items()))
-    counts = []
-    for index, clip in enumerate(clips):
-      request = animation.requests[index]
-      height, width = request.poses.shape[1:3]
-      counts.append(clip_io.check_clip(clip, args.num_frames, request.poses.shape[0], (width, height)))
+    animation = _check_animation(clips, args, rest, staging / GENERATED)
+    poses = [animation.requests[i].poses for i in range(len(clips))]     # [F, H, W, 3] each
+    counts = [clip_io.check_clip(c, args.num_frames, p.shape[0], p.shape[2:0:-1]) for c, p in zip(clips, poses)]
   else:
     clips = [dataclasses.replace(c, generated=clip_io.find_generated(args.generated, c.name)) for c in clips]
-    counts = []
-    for clip in clips:
-      first = (frame_io.list_images(clip.generated)[0] if clip.generated.is_dir() else None)
-      size = clip_io.image_size(first) if first else clip_io.read_frames(clip.generated).shape[2:0:-1]
-      counts.append(clip_io.check_clip(clip, args.num_frames, clip_io.frame_count(clip.generated), size))
+    counts = [clip_io.check_clip(c, args.num_frames, *clip_io.describe(c.generated)) for c in clips]
+  skipped = {}
+  if 'fvd' in metrics and min(counts) < fvd.WINDOW:
+    short = min(range(len(clips)), key=lambda i: counts[i])
+    skipped['fvd'] = f'clip {clips[short].name} has {counts[short]} frames to score; FVD needs {fvd.WINDOW} per clip'
+    metrics = tuple(m for m in metrics if m != 'fvd')
+  networks, missing = evaluate.check_networks(
+      metrics, lpips_net=args.lpips_net, face_embedder=args.face_embedder,
+      insightface_root=args.insightface_root, dwpose_dir=args.dwpose_dir)
+  outputs.check_target(out, overwrite=args.overwrite, ours=is_output,
+                       inputs=[*(c.folder for c in clips), args.generated, args.checkpoint, *networks.paths()],
+                       what='an sa-eval output (a folder with its metrics.json)')
   if networks.face_embedder is not None and networks.face_embedder.is_dir():
     if checkpoint.load_config(networks.face_embedder).models.face_embedder is None:
       raise ValueError(f'--face-embedder {networks.face_embedder}: the checkpoint holds no face embedder (convert '
@@ -153,8 +147,22 @@ def validate(argv: Sequence[str]) -> Job:
   for clip, count in zip(clips, counts):
     evaluate.check_clip_files(clip, networks, count)
   outputs.check_space(out.parent, sum(evaluate.output_bytes(c, n) for c, n in zip(clips, counts)), 'the scores')
-  return Job(clips=clips, counts=counts, animation=animation, metrics=metrics, networks=networks, skipped=skipped,
-             out=out, overwrite=args.overwrite)
+  return Job(clips=clips, counts=counts, animation=animation, metrics=metrics, networks=networks,
+             skipped={**skipped, **missing}, out=out, staging=staging, overwrite=args.overwrite)
+
+
+def _check_animation(clips: list[clip_io.Clip], args: argparse.Namespace, options: Sequence[str],
+                     out: Path) -> animate_tool.Job:
+  """The checked sa-animate job that animates every clip into `out` (`options` are sa-animate's)."""
+  argv = ['--input', *map(str, (c.folder for c in clips)), '--out', str(out), *options]
+  if args.checkpoint:
+    argv += ['--checkpoint', args.checkpoint]
+  if args.num_frames:
+    argv += ['--num-frames', str(args.num_frames)]
+  animation = animate_tool.validate(argv)
+  if animation.failures:
+    raise ValueError('; '.join(f'clip {clips[i].name}: {err}' for i, err in animation.failures.items()))
+  return animation
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -164,17 +172,14 @@ def main(argv: Sequence[str] | None = None) -> None:
 def _main(argv: Sequence[str]) -> None:
   setup_logging()
   job = validate(argv)
-  staging = outputs.staging_path(job.out)
+  staging = job.staging
   staging.mkdir(parents=True)
   try:
     clips, failed = job.clips, []
     if job.animation is not None:
-      generated = staging / GENERATED
-      animation = dataclasses.replace(job.animation, outs=[generated / o.name for o in job.animation.outs],
-                                      overwrite=False)
-      failed = animate_tool.animate_job(animation)
-      clips = [dataclasses.replace(c, generated=generated / f'{Path(o).stem}_frames')
-               for c, o in zip(clips, animation.outs)]
+      failed = animate_tool.animate_job(job.animation)
+      clips = [dataclasses.replace(c, generated=o.parent / f'{o.stem}_frames')
+               for c, o in zip(clips, job.animation.outs)]
     scored = [(c, n) for i, (c, n) in enumerate(zip(clips, job.counts)) if i not in failed]
     networks = evaluate.load_networks(job.networks, _face_embedder(job.networks.face_embedder))
     with tqdm(total=len(scored), desc='scoring', unit='clip') as bar:

@@ -88,9 +88,13 @@ def read_frames(source: str | os.PathLike) -> np.ndarray:
   return np.stack(frames)
 
 
-def frame_count(source: Path) -> int:
-  """Frames in a folder of images (counted) or a video (decoded)."""
-  return len(frame_io.list_images(source)) if source.is_dir() else len(read_frames(source))
+def describe(source: Path) -> tuple[int, tuple[int, int]]:
+  """`(frames, (width, height))` of a folder of images (headers read) or a video (decoded)."""
+  if source.is_dir():
+    files = frame_io.list_images(source)
+    return len(files), image_size(files[0])
+  frames = read_frames(source)
+  return len(frames), frames.shape[2:0:-1]
 
 
 def image_size(path: Path) -> tuple[int, int]:
@@ -130,11 +134,15 @@ def check_clip(clip: Clip, num_frames: int, generated_frames: int | None, genera
   elif made != truth:
     raise ValueError(f'clip {clip.name}: {made} {what} frames but {truth} ground-truth frames in '
                      f'{clip.folder / TRUTH}; they must match (or evaluate the first N with --num-frames)')
+  count = num_frames or truth
+  if poses < count:
+    raise ValueError(f'clip {clip.name}: {poses} pose frames in {clip.folder / POSES}, fewer than the {count} '
+                     'frames to score')
   truth_size = sizes.pop()
   if generated_size is not None and not same_aspect(generated_size, truth_size):
     raise ValueError(f'clip {clip.name}: generated frames are {generated_size[0]}x{generated_size[1]} but the '
                      f'ground truth {truth_size[0]}x{truth_size[1]}: aspect ratios differ')
-  return num_frames or truth
+  return count
 
 
 def to_size(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:

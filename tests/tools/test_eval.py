@@ -148,6 +148,8 @@ def _resize(folder, size):
     (lambda clip, made: _resize(made, (64, 128)),
      r'clip 00000: generated frames are 64x128 but the ground truth 64x64: aspect ratios differ'),
     (lambda clip, made: shutil.rmtree(made), r'clip 00000: no generated frames in .*generated'),
+    (lambda clip, made: (clip / 'poses' / 'frame_2.png').unlink(),
+     r'clip 00000: 2 pose frames in .*poses, fewer than the 3 frames to score'),
     (lambda clip, made: (clip / 'images' / 'frame_1.png').write_bytes(b'not a png'),
      r'cannot read image .*00000/images/frame_1.png'),
 ])
@@ -163,9 +165,12 @@ def test_bad_clip_sets_are_one_line_errors_naming_the_clip(tmp_path, capsys, fau
 
 
 def test_larger_generated_frames_of_the_same_aspect_are_resized(tmp_path):
+  """... and FVD, asked for clips shorter than its window, is skipped with the reason (no I3D loaded)."""
   argv = _bad(tmp_path, lambda clip, made: _resize(made, (128, 128)))
-  eval_tool.main([*argv, '--metrics', 'psnr'])
-  assert json.loads((tmp_path / 'eval' / 'metrics.json').read_text())['overall']['psnr'] > 20
+  eval_tool.main([*argv, '--metrics', 'psnr,fvd'])
+  scores = json.loads((tmp_path / 'eval' / 'metrics.json').read_text())
+  assert scores['overall']['psnr'] > 20 and 'fvd' not in scores['overall']
+  assert scores['skipped'] == {'fvd': 'clip 00000 has 3 frames to score; FVD needs 16 per clip'}
 
 
 @pytest.fixture(scope='module')
