@@ -204,9 +204,11 @@ def test_face_similarity_and_pose_error_with_the_prep_models(inputs, prepared, t
   assert np.isfinite(row['pose_error_px']) and 0 <= row['pck'] <= 1
 
 
-def test_face_similarity_with_our_iresnet(checkpoint_dir, prepared, tmp_path):
-  """The face embedder of a converted checkpoint crops the faces of the clip's masks (sa-prep's
-  all-255 mask of a frame without a face counts as no face)."""
+def test_face_similarity_with_our_iresnet(release_dir, checkpoint_dir, prepared, tmp_path):
+  """The face embedder of a converted checkpoint, or the release's .pth itself, crops the faces of the
+  clip's masks (sa-prep's all-255 mask of a frame without a face counts as no face)."""
+  from_pth = _score(prepared, tmp_path / 'pth', '--metrics', 'csim', '--face-embedder',
+                    str(release_dir / 'Animation' / 'glintr100_torch.pth'))
   row = _score(prepared, tmp_path / 'eval', '--metrics', 'csim', '--face-embedder', str(checkpoint_dir))
   faces = [c == prep_conftest.RED for c in prep_conftest.VIDEO_COLOURS]
   assert [v is None for v in row['per_frame']['csim']] == [not f for f in faces]
@@ -222,3 +224,4 @@ def test_face_similarity_with_our_iresnet(checkpoint_dir, prepared, tmp_path):
   assert row['csim'] == pytest.approx(expected.mean, abs=1e-6)
   # Flat red crops of two box sizes: the same face but for the crops' bilinear borders.
   assert row['csim'] > 0.99
+  assert from_pth['per_frame']['csim'] == row['per_frame']['csim']
