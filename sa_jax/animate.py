@@ -131,6 +131,17 @@ def _face_embedding(inputs: Inputs, reference: np.ndarray, dim: int) -> np.ndarr
                    '--insightface-root DIR (antelopev2 models)')
 
 
+def generation_size(run: Any, reference: np.ndarray) -> tuple[int, int]:
+  """`(width, height)` of a run's videos: `run.io.width` x `run.io.height`, 0 taking the reference
+  photo's (`[H0, W0, 3]`) size; refused unless multiples of 64."""
+  width = run.io.width or reference.shape[1]
+  height = run.io.height or reference.shape[0]
+  if width % RESOLUTION_MULTIPLE or height % RESOLUTION_MULTIPLE:
+    raise ValueError(f'resolution {width}x{height} is not a multiple of {RESOLUTION_MULTIPLE} '
+                     '(the VAE and UNet halve it six times); e.g. 512x512 or 576x1024')
+  return width, height
+
+
 def load_request(inputs: Inputs, run: Any, embedding_dim: int) -> pipeline.Request:
   """Reads and checks one case's files for the run settings `run` (`configs/animate.py`).
 
@@ -141,11 +152,7 @@ def load_request(inputs: Inputs, run: Any, embedding_dim: int) -> pipeline.Reque
   if inputs.reference is None or inputs.poses is None:
     raise ValueError('need a reference image and a pose folder (--reference and --poses, or --input)')
   reference = frame_io.load_rgb(inputs.reference)
-  width = run.io.width or reference.shape[1]
-  height = run.io.height or reference.shape[0]
-  if width % RESOLUTION_MULTIPLE or height % RESOLUTION_MULTIPLE:
-    raise ValueError(f'resolution {width}x{height} is not a multiple of {RESOLUTION_MULTIPLE} '
-                     '(the VAE and UNet halve it six times); e.g. 512x512 or 576x1024')
+  width, height = generation_size(run, reference)
   pose_files = frame_io.list_images(inputs.poses)
   if run.io.num_frames > len(pose_files):
     raise ValueError(f'num_frames {run.io.num_frames} but {inputs.poses} holds {len(pose_files)} poses')
@@ -448,6 +455,21 @@ def check_outputs(outs: Sequence[str | os.PathLike], overwrite: bool,
                            what='an sa-animate output (a video file, or a folder of frame_<i>.png only)')
 
 
+def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int) -> None:
+  """Writes frames `[F, H, W, 3]` uint8 to `path` as H.264 MP4 (yuv420p, which browsers play),
+  carrying sa-animate's comment."""
+  _, h, w, _ = frames.shape
+  writer = imageio_ffmpeg.write_frames(str(path), (w, h), fps=fps, codec='libx264', pix_fmt_out='yuv420p',
+                                       macro_block_size=1, output_params=['-metadata', f'comment={MP4_COMMENT}'])
+  with warnings.catch_warnings():
+    # ffmpeg is started with fork+exec, which is safe; JAX warns about any fork.
+    warnings.filterwarnings('ignore', message='os.fork', category=RuntimeWarning)
+    writer.send(None)
+  for frame in frames:
+    writer.send(np.ascontiguousarray(frame))
+  writer.close()
+
+
 def write_outputs(frames: np.ndarray, out: str | os.PathLike, fps: int, overwrite: bool = False,
                   inputs: Sequence[str | os.PathLike | None] = ()) -> list[Path]:
   """Writes `OUT.mp4` (H.264), `OUT.gif` and `OUT_frames/frame_<i>.png`, each renamed into place
@@ -461,17 +483,7 @@ def write_outputs(frames: np.ndarray, out: str | os.PathLike, fps: int, overwrit
   staging = outputs.staging_path(out)
   staging.mkdir()
   try:
-    n, h, w, _ = frames.shape
-    writer = imageio_ffmpeg.write_frames(str(staging / out.name), (w, h), fps=fps, codec='libx264',
-                                         pix_fmt_out='yuv420p', macro_block_size=1,
-                                         output_params=['-metadata', f'comment={MP4_COMMENT}'])
-    with warnings.catch_warnings():
-      # ffmpeg is started with fork+exec, which is safe; JAX warns about any fork.
-      warnings.filterwarnings('ignore', message='os.fork', category=RuntimeWarning)
-      writer.send(None)
-    for frame in frames:
-      writer.send(np.ascontiguousarray(frame))
-    writer.close()
+    write_video(staging / out.name, frames, fps)
     images = [Image.fromarray(f) for f in frames]
     images[0].save(staging / targets[1].name, save_all=True, append_images=images[1:],
                    duration=round(1000 / fps), loop=0, comment=outputs.SIGNATURE)
