@@ -102,27 +102,33 @@ def _resize(image: np.ndarray, width: int, height: int, resample: int) -> np.nda
   return np.array(Image.fromarray(image).resize((width, height), resample))
 
 
+def read_face_embedding(path: str | os.PathLike, dim: int) -> np.ndarray:
+  """A face embedding `.npy` file as float32 `[dim]`, refused (one line naming it) unless it is one
+  finite floating-point array of `dim` values, never unpickled."""
+  path = Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f'face embedding not found: {path}')
+  try:
+    embedding = np.load(path, allow_pickle=False)
+  except (ValueError, EOFError, OSError) as err:     # pickled, empty, truncated, not numpy
+    raise ValueError(f'{path}: not a numpy .npy array ({errors.first_line(err)})') from err
+  if not isinstance(embedding, np.ndarray):
+    embedding.close()
+    raise ValueError(f'{path}: a numpy .npz archive, expected one .npy array')
+  if not np.issubdtype(embedding.dtype, np.floating):
+    raise ValueError(f'{path}: face embedding has dtype {embedding.dtype}, expected floating point')
+  embedding = np.asarray(embedding, np.float32).reshape(-1)
+  if embedding.shape != (dim,):
+    raise ValueError(f'{path}: face embedding has {embedding.size} values, the face encoder needs {dim}')
+  if not np.isfinite(embedding).all():
+    raise ValueError(f'{path}: face embedding holds {int(np.sum(~np.isfinite(embedding)))} NaN or infinite '
+                     'values, expected finite numbers')
+  return embedding
+
+
 def _face_embedding(inputs: Inputs, reference: np.ndarray, dim: int) -> np.ndarray:
   if inputs.face_embedding is not None:
-    path = Path(inputs.face_embedding)
-    if not path.is_file():
-      raise FileNotFoundError(f'face embedding not found: {path}')
-    try:
-      embedding = np.load(path, allow_pickle=False)
-    except (ValueError, EOFError, OSError) as err:     # pickled, empty, truncated, not numpy
-      raise ValueError(f'{path}: not a numpy .npy array ({errors.first_line(err)})') from err
-    if not isinstance(embedding, np.ndarray):
-      embedding.close()
-      raise ValueError(f'{path}: a numpy .npz archive, expected one .npy array')
-    if not np.issubdtype(embedding.dtype, np.floating):
-      raise ValueError(f'{path}: face embedding has dtype {embedding.dtype}, expected floating point')
-    embedding = np.asarray(embedding, np.float32).reshape(-1)
-    if embedding.shape != (dim,):
-      raise ValueError(f'{path}: face embedding has {embedding.size} values, the face encoder needs {dim}')
-    if not np.isfinite(embedding).all():
-      raise ValueError(f'{path}: face embedding holds {int(np.sum(~np.isfinite(embedding)))} NaN or infinite '
-                       'values, expected finite numbers')
-    return embedding
+    return read_face_embedding(inputs.face_embedding, dim)
   if inputs.insightface_root is not None:
     from sa_jax.prep import faces
     _, embedding = faces.reference_faces(faces.load_face_analysis(inputs.insightface_root), reference)

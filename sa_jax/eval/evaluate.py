@@ -7,7 +7,6 @@ last padded: `metrics.per_frame`), so each frame size compiles once whatever the
 """
 
 import dataclasses
-import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,14 +14,13 @@ from typing import Any
 import cv2
 import numpy as np
 
+from sa_jax import animate
 from sa_jax.eval import clips as clip_io
 from sa_jax.eval import face, fvd, metrics, pose, report, weights
 from sa_jax.models import iresnet
 from sa_jax.prep import faces, model_files
 from sa_jax.prep import frames as frame_io
 from sa_jax.prep.dwpose import PoseEstimator
-
-logger = logging.getLogger(__name__)
 
 METRICS = ('l1', 'psnr', 'ssim', 'lpips', 'fvd', 'csim', 'pose')
 # Files of an sa-prep clip folder the network metrics read.
@@ -124,8 +122,11 @@ def evaluate(clips: Sequence[tuple[clip_io.Clip, int]], networks: Networks, name
         features['truth'].append(networks.i3d(fvd.clip_windows(truth)))
     if networks.face is not None:
       similarity = _face_similarity(networks.face, clip, made)
-      values['csim'] = similarity.per_frame
-      row.update(csim=report.mean(similarity.per_frame), no_face_frames=similarity.frames_without_face)
+      if similarity is None:
+        row.update(csim=None, no_reference_face=True)
+      else:
+        values['csim'] = similarity.per_frame
+        row.update(csim=report.mean(similarity.per_frame), no_face_frames=similarity.frames_without_face)
     if networks.pose is not None:
       error = pose.clip_pose_error(networks.pose, made, pose.read_driving_poses(clip.folder / KEYPOINTS))
       values.update(pose_error_px=error.error, pck=error.pck, pck_bbox=error.pck_bbox)
@@ -143,14 +144,19 @@ def evaluate(clips: Sequence[tuple[clip_io.Clip, int]], networks: Networks, name
   return {'clips': rows, 'overall': total, 'skipped': skipped}
 
 
-def _face_similarity(embedder: Any, clip: clip_io.Clip, frames: np.ndarray) -> face.FaceSimilarity:
+def _face_similarity(embedder: Any, clip: clip_io.Clip, frames: np.ndarray) -> face.FaceSimilarity | None:
   """CSIM of a clip's generated frames `[F, h, w, 3]` (module `face`): our IResNet crops the faces of
-  the clip's masks (resized to the generated size, nearest); insightface detects them."""
+  the clip's masks (resized to the generated size, nearest); insightface detects them. None when the
+  reference has no face (sa-prep's zero embedding, an empty or all-255 reference mask)."""
   if isinstance(embedder, faces.FaceAnalysis):
-    return face.insightface_similarity(embedder, frames, np.load(clip.folder / FACE_EMBEDDING, allow_pickle=False))
+    reference = animate.read_face_embedding(clip.folder / FACE_EMBEDDING, faces.EMBEDDING_DIM)
+    return face.insightface_similarity(embedder, frames, reference) if reference.any() else None
   params, config = embedder
+  reference_mask = frame_io.load_mask(clip.folder / REFERENCE_MASK)
+  if not face.mask_boxes(reference_mask[None])[1][0]:
+    return None
   reference = face.iresnet_reference_embedding(params, config, frame_io.load_rgb(clip.folder / 'reference.png'),
-                                               frame_io.load_mask(clip.folder / REFERENCE_MASK))
+                                               reference_mask)
   size = frames.shape[2:0:-1]
   masks = np.stack([cv2.resize(frame_io.load_mask(p), size, interpolation=cv2.INTER_NEAREST)
                     for p in frame_io.list_images(clip.folder / FACES)[:len(frames)]])
@@ -169,6 +175,8 @@ def check_clip_files(clip: clip_io.Clip, files: NetworkFiles, count: int) -> Non
   for name in needs:
     if not (clip.folder / name).exists():
       raise FileNotFoundError(f'clip {clip.name}: {clip.folder / name} is missing ({_NEEDED_BY[name]} needs it)')
+  if FACE_EMBEDDING in needs:
+    animate.read_face_embedding(clip.folder / FACE_EMBEDDING, faces.EMBEDDING_DIM)
   if files.face_embedder is not None and len(frame_io.list_images(clip.folder / FACES)) < count:
     raise ValueError(f'clip {clip.name}: fewer face masks in {clip.folder / FACES} than the {count} frames to '
                      'score (CSIM crops the faces of the masks)')

@@ -76,6 +76,9 @@ def markdown(scores: Mapping[str, Any]) -> str:
     for key, what in missing.items():
       if row.get(key):
         notes.append(f'- {name}: {row[key]} of {row["frames"]} frames without {what} (left out of its mean)')
+  for name, row in clips.items():
+    if row.get('no_reference_face'):
+      notes.append(f'- {name}: no face in the reference (sa-prep found none): CSIM undefined')
   for metric, reason in scores.get('skipped', {}).items():
     notes.append(f'- {metric}: not computed: {reason}')
   return '\n'.join(lines + notes) + '\n'

@@ -225,3 +225,17 @@ def test_face_similarity_with_our_iresnet(release_dir, checkpoint_dir, prepared,
   # Flat red crops of two box sizes: the same face but for the crops' bilinear borders.
   assert row['csim'] > 0.99
   assert from_pth['per_frame']['csim'] == row['per_frame']['csim']
+
+
+def test_a_reference_without_a_face_leaves_csim_undefined(inputs, prepared, tmp_path):
+  root = tmp_path / 'copy'
+  shutil.copytree(prepared, root)
+  clip = root / 'test' / 'drive'
+  np.save(clip / 'face_embedding.npy', np.zeros(512, np.float32))      # what sa-prep writes without a face
+  argv = ['--metrics', 'l1,csim', '--insightface-root', str(inputs.insightface_root)]
+  row = _score(root, tmp_path / 'eval', *argv)
+  assert row['csim'] is None and row['no_reference_face'] and 'csim' not in row['per_frame']
+  assert 'no face in the reference' in (tmp_path / 'eval' / 'metrics.md').read_text()
+  np.save(clip / 'face_embedding.npy', np.zeros(3, np.float32))
+  with pytest.raises(SystemExit, match=r'sa-eval: error: .*face_embedding.npy: face embedding has 3 values'):
+    _score(root, tmp_path / 'eval2', *argv)
