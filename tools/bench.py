@@ -1,9 +1,10 @@
 r"""`python -m tools.bench`: timing and memory benchmarks, each against a baseline of the same run.
 
-  python -m tools.bench                                  # sampler, hjb, memory (demo size), unet, reference
+  python -m tools.bench                                  # all benchmarks but hjb_memory
   python -m tools.bench batch --batch-sizes 1 4          # videos per minute, B at a time in one program
   python -m tools.bench sampler --steps 25 --hjb         # one-scan sampler vs a Python loop of steps
   python -m tools.bench memory --full-size               # + the release config at 512x512, 16 frames
+  python -m tools.bench hjb_memory --full-size           # one HJB refine step: memory vs frames
   python -m tools.bench unet --unet-frames 8 --unet-size 32
   python -m tools.bench eval --eval-size 512              # sa-eval's metrics: seconds per 16-frame clip
 
@@ -35,13 +36,14 @@ from configs import animate as animate_config
 from configs import svd_xt
 from sa_jax import animate, diffusion
 from sa_jax.eval import face, fvd, lpips, metrics
-from sa_jax.models import iresnet, random_init, stable_animator, unet
+from sa_jax.models import iresnet, random_init, stable_animator, unet, vae
 from sa_jax.models.stable_animator import ModelConfigs
 from sa_jax.sampling import hjb, pipeline, sampler
 from tools import setup_logging
 
 logger = logging.getLogger('bench')
-BENCHMARKS = ('sampler', 'hjb', 'memory', 'unet', 'reference', 'batch', 'eval')
+BENCHMARKS = ('sampler', 'hjb', 'memory', 'hjb_memory', 'unet', 'reference', 'batch', 'eval')
+ON_REQUEST = ('hjb_memory',)      # compile-heavy (six compilations at the tiny size): run by name only
 MIB = 2 ** 20
 REFERENCE_DIR = Path(__file__).resolve().parents[1] / 'tests' / 'reference'
 
@@ -184,9 +186,9 @@ def bench_hjb(args: argparse.Namespace) -> None:
   networks = stable_animator.make_networks(configs, remat=True)
   used = jax.device_put({k: params[k] for k in ('vae', 'face_embedder')})
   chunk = _sampler_config(frames, args.steps, True).decode_chunk_size
-  grad = jax.grad(lambda p, z: hjb.face_loss(
+  grad = lambda p, z: hjb.face_loss_grad(
       z, inputs.face_boxes, inputs.reference_embedding, lambda lat: networks.decode(p['vae'], lat, chunk),
-      lambda faces: networks.embed_faces(p['face_embedder'], faces))[0], argnums=1)
+      lambda faces: networks.embed_faces(p['face_embedder'], faces), chunk)[1]
   variants = [('gradient (baseline)', grad),
               ('gradient inside a 1-iteration lax.fori_loop', lambda p, z: jax.lax.fori_loop(
                   0, 1, lambda _, y: grad(p, y), z))]
@@ -202,10 +204,9 @@ def bench_hjb(args: argparse.Namespace) -> None:
           'keeps the input-gradient convolutions in the fast layout)'])
 
 
-def _memory_row(label: str, networks: stable_animator.Networks, config: sampler.SamplerConfig, params: Any,
-                latents: Any, inputs: sampler.SamplerInputs) -> tuple:
-  """(label, temp, argument, output, code MiB, compile s, temp bytes) of the compiled sampler."""
-  compiled, seconds = _compile(_denoiser(networks, config), params, latents, inputs)
+def _memory_row(label: str, fn: Callable, *args) -> tuple:
+  """(label, temp, argument, output, code MiB, compile s, temp bytes) of the jitted `fn` compiled for `args`."""
+  compiled, seconds = _compile(fn, *args)
   stats = compiled.memory_analysis()
   fields = ('temp_size_in_bytes', 'argument_size_in_bytes', 'output_size_in_bytes',
             'generated_code_size_in_bytes')
@@ -234,13 +235,71 @@ def bench_memory(args: argparse.Namespace) -> None:
       for label, remat, chunk, rows_per_call in variants:
         config = dataclasses.replace(_sampler_config(frames, steps, with_hjb), unet_batch_size=rows_per_call)
         networks = stable_animator.make_networks(configs, remat=remat, query_chunk_size=chunk)
-        row = _memory_row(f'HJB {"on " if with_hjb else "off"}, {label}', networks, config, params, latents, inputs)
+        row = _memory_row(f'HJB {"on " if with_hjb else "off"}, {label}', _denoiser(networks, config), params,
+                          latents, inputs)
         base = row[-1] if base is None else base
         rows.append(row[:-1] + (_ratio(row[-1], base) if row[-1] is not None and base else 'n/a',))
     _table(f'memory: sampler, {name}, {frames} frames at {height}x{width}, {steps} steps, float32',
            ('variant', 'temp MiB', 'argument MiB', 'output MiB', 'code MiB', 'compile s', 'temp / remat off'),
            rows, ['compiled.memory_analysis() of the CPU backend: an XLA estimate, not a measured peak; '
                   'n/a where the backend reports nothing'])
+
+
+def _hjb_step(configs: ModelConfigs, chunk: int, iterations: int, chunked: bool, dtype: Any) -> Callable:
+  """One sampler step's HJB refinement, jitted: `iterations` Adam steps on the face loss of x0.
+
+  `chunked`: the sampler's gradient (`hjb.face_loss_grad`, one decode chunk at a time). Otherwise
+  the baseline, reverse mode through the whole clip at once (`jax.grad` of `hjb.face_loss`), the
+  sampler's gradient before: every decode chunk keeps only its latents (`checkpoint_chunks`), but
+  the frames, face crops and embedder activations of all frames are alive together.
+  """
+  networks = stable_animator.make_networks(configs, dtype=dtype, remat=True)
+
+  def step(params, z0, boxes, reference, learning_rate):
+    embed = lambda faces: networks.embed_faces(params['face_embedder'], faces)
+    if chunked:
+      decode = lambda lat: networks.decode(params['vae'], lat, chunk)
+      grad = lambda z: hjb.face_loss_grad(z, boxes, reference, decode, embed, chunk)[1]
+    else:
+      decode = lambda lat: vae.decode(params['vae'], configs.vae, lat, chunk, remat=True, checkpoint_chunks=True,
+                                      dtype=dtype)
+      grad = jax.grad(lambda z: hjb.face_loss(z, boxes, reference, decode, embed)[0])
+    return hjb.refine(z0, learning_rate, iterations, grad)
+
+  return jax.jit(step)
+
+
+def bench_hjb_memory(args: argparse.Namespace) -> None:
+  """XLA's memory estimate of one HJB refine step (decode, crop, embed, gradient and the Adam
+  iterations of one sampler step) against the frame count, from shapes only: the whole-clip
+  gradient (baseline) vs the chunked one the sampler takes."""
+  sizes = [('tiny config', svd_xt.get_config('tiny'), args.hjb_frames, *_sample_size(args)[1:], jnp.float32)]
+  if args.full_size:
+    sizes.append(('release config', svd_xt.get_config(), (16, 64), 576, 1024, jnp.bfloat16))
+  run = _run_settings(args.steps, True)
+  chunk, iterations = run.sampler.decode_chunk_size, run.hjb.iterations
+  ratio = lambda a, b: _ratio(a, b) if a and b else 'n/a'
+  for name, sections, frame_counts, height, width, dtype in sizes:
+    configs = ModelConfigs.from_dict(sections.to_dict())
+    params = {k: jax.tree.map(lambda x, d=dtype: jax.ShapeDtypeStruct(x.shape, d),
+                              nn.unbox(stable_animator.BY_NAME[k].abstract_params(getattr(configs, k))))
+              for k in ('vae', 'face_embedder')}
+    rows, first = [], {}
+    for frames in frame_counts:
+      z0, inputs = _sampler_inputs(configs, frames, height, width, abstract=True)
+      shapes = (params, z0, inputs.face_boxes, inputs.reference_embedding, jax.ShapeDtypeStruct((), jnp.float32))
+      base = None
+      for label, chunked in (('whole clip (baseline)', False), ('chunked (sampler)', True)):
+        step = _hjb_step(configs, chunk, iterations, chunked, dtype)
+        label, temp_mib, _, _, _, seconds, temp = _memory_row(f'{frames} frames, {label}', step, *shapes)
+        base = temp if base is None else base
+        first.setdefault(chunked, temp)
+        rows.append((label, temp_mib, seconds, ratio(temp, base), ratio(temp, first[chunked])))
+    _table(f'hjb_memory: one HJB refine step ({iterations} Adam iterations, decode chunks of {chunk}), {name} '
+           f'at {height}x{width}, {jnp.dtype(dtype).name}',
+           ('variant', 'temp MiB', 'compile s', 'temp / baseline', f'temp / {frame_counts[0]} frames'), rows,
+           [('compiled.memory_analysis() of the backend: an XLA estimate, not a measured peak; parameters '
+             'and inputs (the argument bytes) come on top')])
 
 
 def _unet_call(config: unet.UNetConfig, dtype: Any, query_chunk_size: int | None) -> Callable:
@@ -385,8 +444,9 @@ def bench_eval(args: argparse.Namespace) -> None:
 def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog='python -m tools.bench', description=__doc__.split('\n')[0].replace('`', ''),
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-  p.add_argument('benchmarks', nargs='*', choices=BENCHMARKS, default=list(BENCHMARKS),
-                 help='which benchmarks to run (default: all)')
+  # No `choices`: argparse (3.11) checks a `nargs='*'` default against them as one value and refuses it.
+  p.add_argument('benchmarks', nargs='*', default=[b for b in BENCHMARKS if b not in ON_REQUEST],
+                 help=f'which of {", ".join(BENCHMARKS)} to run (default: all but {", ".join(ON_REQUEST)})')
   p.add_argument('--repeats', type=int, default=5, help='timed runs per variant (median reported)')
   p.add_argument('--steps', type=int, default=25, help='sampler steps (sampler, memory)')
   p.add_argument('--frames', type=int, help='frames (None: the bundled sample\'s)')
@@ -394,7 +454,10 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument('--width', type=int, help='pixel width (None: the bundled sample\'s)')
   p.add_argument('--hjb', action='store_true', help='sampler: also time the HJB face correction')
   p.add_argument('--full-size', action='store_true',
-                 help='memory: also compile the release config at 512x512, 16 frames (a few minutes)')
+                 help='memory: also compile the release config at 512x512, 16 frames; hjb_memory: at 576x1024, '
+                      'bfloat16, 16 and 64 frames (a few minutes each)')
+  p.add_argument('--hjb-frames', type=int, nargs='+', default=[8, 16, 32],
+                 help='hjb_memory: frame counts of the tiny config')
   p.add_argument('--batch', type=int, default=2, help='unet/reference: batch (2 = both guidance branches)')
   p.add_argument('--unet-frames', type=int, default=8, help='unet/reference: frames')
   p.add_argument('--unet-size', type=int, default=32, help='unet/reference: latent height = width')
@@ -409,7 +472,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-  args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+  parser = _parser()
+  args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+  unknown = [b for b in args.benchmarks if b not in BENCHMARKS]
+  if unknown:
+    parser.error(f'unknown benchmarks {unknown}; choose from {", ".join(BENCHMARKS)}')
   if args.repeats < 1:
     raise ValueError(f'--repeats must be >= 1, got {args.repeats}')
   setup_logging()

@@ -155,8 +155,7 @@ def make_networks(configs: ModelConfigs, dtype: Dtype = jnp.float32, remat: bool
 
   return Networks(
       unet=lambda p, *args: denoiser.apply({'params': p}, *args),
-      decode=lambda p, z, chunk: vae.decode(p, configs.vae, z, chunk, remat=remat, checkpoint_chunks=remat,
-                                            dtype=dtype),
+      decode=lambda p, z, chunk: vae.decode(p, configs.vae, z, chunk, remat=remat, dtype=dtype),
       embed_faces=embed_faces)
 
 

@@ -134,7 +134,8 @@ class VAE(nn.Module):
 
   Attributes:
     config: architecture.
-    remat: recompute the decoder's mid and up blocks in the backward pass.
+    remat: recompute the decoder's resnets, attention and upsamplers in the backward pass, one at
+      a time (`TemporalDecoder`).
   """
   config: VAEConfig
   remat: bool = False
@@ -204,13 +205,12 @@ def decode(params: Any, config: VAEConfig, latents: jax.Array, decode_chunk_size
   Memory: the `K = N // c` equal chunks run one after another in a `lax.map` (one compiled decoder
   call, one chunk's activations alive at a time in the forward pass), then the shorter tail chunk,
   if any, as a second call. Under `grad` the backward pass needs each chunk's residuals: all of
-  them by default; with `remat` only the inputs of the decoder's mid and up blocks (recomputed per
-  block, like the reference's gradient checkpointing); with `checkpoint_chunks` only each
-  chunk's latents are kept and the chunk is recomputed during its own backward step, so the
-  activations of one chunk at a time are alive (costs one more forward pass of the decoder).
-  Measured on CPU for the gradient of 8 frames of 16x16 latents in chunks of 2 (3 levels of 64
-  channels): temporaries 503 MiB plain, 124 MiB `remat`, 82 MiB `checkpoint_chunks`, 88 MiB
-  both. With a single chunk neither helps: the last up block at full resolution dominates.
+  them by default; with `remat` only the inputs of the decoder's resnets, attention and
+  upsamplers (each recomputed when the backward pass reaches it, like the reference's gradient
+  checkpointing); with `checkpoint_chunks` only each chunk's latents are kept and the chunk is
+  recomputed during its own backward step, so the activations of one chunk at a time are alive
+  (costs one more forward pass of the decoder). The HJB correction differentiates one chunk at a
+  time itself (`sa_jax.sampling.hjb.face_loss_grad`) and needs only `remat`.
 
   Args:
     params: the VAE parameter tree.

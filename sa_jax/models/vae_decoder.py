@@ -14,9 +14,14 @@ decoding a video in chunks changes the result (SPEC §7.12).
 STRes is `SpatioTemporalResBlock` with no time embedding, spatial eps 1e-6, temporal eps 1e-5 and
 the switched learned blend `(1 - sigmoid(m)) * spatial + sigmoid(m) * temporal`.
 
-With `remat`, the mid block and every up block are recomputed in the backward pass (the
-gradient checkpointing of StableAnimator's `RefinedAutoencoderKLTemporalDecoder`, used by the HJB
-face correction, SPEC §4.5): only the block inputs are kept for the backward pass.
+With `remat` (the gradient checkpointing of StableAnimator's `RefinedAutoencoderKLTemporalDecoder`,
+used by the HJB face correction, SPEC §4.5), only the inputs of every spatial and temporal resnet,
+of the attention and of the upsamplers are kept for the backward pass, and each is recomputed
+once the backward pass reaches it (`sa_jax.nn.remat.remat_call`). XLA:CPU's estimate for the
+gradient of one 4-frame decode at 576x1024, bfloat16: 79.2 GB with `nn.remat` per block (the
+recomputations of many blocks ran before their backward passes), 20.1 GB with `remat_call` per
+spatio-temporal resnet, 17.4 GB per spatial and temporal resnet (the peak: the backward pass of
+the first full-resolution spatial resnet, 256 -> 128 channels; docs/benchmarks.md).
 """
 
 from typing import Any
@@ -28,6 +33,7 @@ import jax.numpy as jnp
 from sa_jax.models.vae_encoder import EPS, VAEAttention
 from sa_jax.nn import linear
 from sa_jax.nn.norms import GroupNorm
+from sa_jax.nn.remat import remat_call
 from sa_jax.nn.resample import Upsample
 from sa_jax.nn.resnet import SpatioTemporalResBlock
 
@@ -36,8 +42,8 @@ Dtype = Any
 TEMPORAL_EPS = 1e-5
 
 
-def _resnet(channels: int, name: str, dtype: Dtype, param_dtype: Dtype) -> SpatioTemporalResBlock:
-  return SpatioTemporalResBlock(channels, EPS, TEMPORAL_EPS, switch=True, dtype=dtype,
+def _resnet(channels: int, name: str, remat: bool, dtype: Dtype, param_dtype: Dtype) -> SpatioTemporalResBlock:
+  return SpatioTemporalResBlock(channels, EPS, TEMPORAL_EPS, switch=True, remat=remat, dtype=dtype,
                                 param_dtype=param_dtype, name=name)
 
 
@@ -50,16 +56,19 @@ class _MidBlock(nn.Module):
   """
   channels: int
   layers: int
+  remat: bool = False                 # see TemporalDecoder
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, num_frames: int) -> jax.Array:
     """Args: x `[BF, h, w, C]`; num_frames F. Returns `[BF, h, w, C]`."""
-    x = _resnet(self.channels, 'resnets_0', self.dtype, self.param_dtype)(x, None, num_frames)
+    resnet = lambda name: _resnet(self.channels, name, self.remat, self.dtype, self.param_dtype)
+    x = resnet('resnets_0')(x, None, num_frames)
     if self.layers >= 2:
-      x = VAEAttention(EPS, dtype=self.dtype, param_dtype=self.param_dtype, name='attentions_0')(x)
-      x = _resnet(self.channels, 'resnets_1', self.dtype, self.param_dtype)(x, None, num_frames)
+      attention = VAEAttention(EPS, dtype=self.dtype, param_dtype=self.param_dtype, name='attentions_0')
+      x = remat_call(attention, x, enabled=self.remat)
+      x = resnet('resnets_1')(x, None, num_frames)
     return x
 
 
@@ -68,6 +77,7 @@ class _UpBlock(nn.Module):
   channels: int
   layers: int
   add_upsample: bool
+  remat: bool = False                 # see TemporalDecoder
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -75,10 +85,10 @@ class _UpBlock(nn.Module):
   def __call__(self, x: jax.Array, num_frames: int) -> jax.Array:
     """Args: x `[BF, h, w, C_prev]`; num_frames F. Returns `[BF, h', w', channels]` (2x with upsample)."""
     for j in range(self.layers):
-      x = _resnet(self.channels, f'resnets_{j}', self.dtype, self.param_dtype)(x, None, num_frames)
+      x = _resnet(self.channels, f'resnets_{j}', self.remat, self.dtype, self.param_dtype)(x, None, num_frames)
     if self.add_upsample:
-      x = Upsample(self.channels, dtype=self.dtype, param_dtype=self.param_dtype,
-                   name='upsamplers_0')(x)
+      upsample = Upsample(self.channels, dtype=self.dtype, param_dtype=self.param_dtype, name='upsamplers_0')
+      x = remat_call(upsample, x, enabled=self.remat)
     return x
 
 
@@ -89,7 +99,8 @@ class TemporalDecoder(nn.Module):
     block_out_channels: the encoder's block widths; the up blocks use them in reverse.
     layers_per_block: the encoder's resnets per block; each up block has one more.
     out_channels: image channels.
-    remat: recompute the mid block and each up block in the backward pass.
+    remat: keep only the inputs of each resnet, the attention and the upsamplers for the backward
+      pass, and recompute them one at a time.
   """
   block_out_channels: tuple[int, ...]
   layers_per_block: int
@@ -107,15 +118,12 @@ class TemporalDecoder(nn.Module):
       `[BF, H, W, out_channels]` with `H = h * 2 ** (len(block_out_channels) - 1)`.
     """
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    # static_argnums count `self` as 0: `num_frames` is a shape, not a traced value.
-    mid_cls = nn.remat(_MidBlock, static_argnums=(2,)) if self.remat else _MidBlock
-    up_cls = nn.remat(_UpBlock, static_argnums=(2,)) if self.remat else _UpBlock
     channels = self.block_out_channels[::-1]
     x = linear.conv3x3(channels[0], name='conv_in', **kw)(z.astype(self.dtype))
-    x = mid_cls(channels[0], self.layers_per_block, name='mid_block', **kw)(x, num_frames)
+    x = _MidBlock(channels[0], self.layers_per_block, remat=self.remat, name='mid_block', **kw)(x, num_frames)
     for i, c in enumerate(channels):
-      x = up_cls(c, self.layers_per_block + 1, add_upsample=i < len(channels) - 1,
-                 name=f'up_blocks_{i}', **kw)(x, num_frames)
+      x = _UpBlock(c, self.layers_per_block + 1, add_upsample=i < len(channels) - 1, remat=self.remat,
+                   name=f'up_blocks_{i}', **kw)(x, num_frames)
     x = nn.silu(GroupNorm(EPS, name='conv_norm_out', **kw)(x))
     x = linear.conv3x3(self.out_channels, name='conv_out', **kw)(x)
     bf, h, w, c = x.shape

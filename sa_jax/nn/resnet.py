@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from sa_jax import sharding
 from sa_jax.nn import linear
 from sa_jax.nn.norms import GroupNorm
+from sa_jax.nn.remat import remat_call
 
 Dtype = Any
 
@@ -90,11 +91,14 @@ class SpatioTemporalResBlock(nn.Module):
     epsilon: GroupNorm eps of the spatial block.
     temporal_epsilon: GroupNorm eps of the temporal block (UNet: same as spatial; VAE decoder: 1e-5).
     switch: AlphaBlender `switch_spatial_to_temporal_mix` (VAE decoder: True).
+    remat: recompute the spatial and the temporal resnet each on its own in the backward pass,
+      once the backward pass reaches it (`sa_jax.nn.remat.remat_call`; the VAE decoder under HJB).
   """
   out_channels: int
   epsilon: float
   temporal_epsilon: float
   switch: bool = False
+  remat: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -102,13 +106,14 @@ class SpatioTemporalResBlock(nn.Module):
   def __call__(self, x: jax.Array, temb: jax.Array | None, num_frames: int) -> jax.Array:
     """Args: x `[BF, H, W, C]`; temb `[BF, T]` or None; num_frames F. Returns `[BF, H, W, C']`."""
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    spatial = ResnetBlock(self.out_channels, self.epsilon, name='spatial_res_block', **kw)(x, temb)
+    spatial = remat_call(ResnetBlock(self.out_channels, self.epsilon, name='spatial_res_block', **kw), x, temb,
+                         enabled=self.remat)
     bf, h, w, c = spatial.shape
     b = bf // num_frames
     spatial = spatial.reshape(b, num_frames, h, w, c)                # [BF, H, W, C] -> [B, F, H, W, C]
     if temb is not None:
       temb = temb.reshape(b, num_frames, temb.shape[-1])             # [BF, T] -> [B, F, T]
-    temporal = ResnetBlock(self.out_channels, self.temporal_epsilon, temporal=True,
-                           name='temporal_res_block', **kw)(spatial, temb)
+    temporal = remat_call(ResnetBlock(self.out_channels, self.temporal_epsilon, temporal=True,
+                                      name='temporal_res_block', **kw), spatial, temb, enabled=self.remat)
     out = AlphaBlender(self.switch, self.param_dtype, name='time_mixer')(spatial, temporal)
     return out.reshape(bf, h, w, c)

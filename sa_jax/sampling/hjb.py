@@ -4,11 +4,13 @@ At refine steps the sampler optimises x0 with a fresh Adam for a few iterations 
 
   loss(z) = mean_k |1 - cos(IResNet(crop_resize_112(clamp(decode(z)), box_k)), r)|
 
-and takes the Euler step with the refined x0. Face boxes are data (one compiled program serves
-any boxes). `decode` and `embed` are passed in as functions of the latent / face crops only, so
-this module depends on no particular model.
+and takes the Euler step with the refined x0. The gradient is accumulated one decode chunk at a
+time (`face_loss_grad`), so its memory does not grow with the clip. Face boxes are data (one
+compiled program serves any boxes). `decode` and `embed` are passed in as functions of the
+latent / face crops only, so this module depends on no particular model.
 """
 
+import numbers
 from collections.abc import Callable
 
 import jax
@@ -48,13 +50,30 @@ def cosine_similarity(a: jax.Array, b: jax.Array) -> jax.Array:
   return jnp.sum((a / na) * (b / nb), axis=-1)
 
 
+def _frame_terms(z: jax.Array, boxes: jax.Array, reference_embedding: jax.Array,
+                 decode: Callable[[jax.Array], jax.Array], embed: Callable[[jax.Array], jax.Array]
+                 ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Per-frame identity terms `|1 - cos(e_k, r)|` of frames decoded from `z` `[B, n, h, w, 4]`.
+
+  Returns (terms `[B, n]`, faces `[B, n, 112, 112, 3]`, embeddings `[B, n, E]`).
+  """
+  b, n = boxes.shape[:2]
+  frames = to_unit_range(jax.vmap(decode)(z).astype(jnp.float32))               # [B, n, H, W, 3]
+  faces = crop_faces(frames.reshape((b * n,) + frames.shape[2:]), boxes.reshape(b * n, 4))
+  embeddings = embed(faces).reshape(b, n, -1)                                    # [Bn, E] -> [B, n, E]
+  cos = cosine_similarity(embeddings, reference_embedding[:, None, :])           # [B, n]
+  return jnp.abs(1.0 - cos), faces.reshape((b, n) + faces.shape[1:]), embeddings
+
+
 def face_loss(z0: jax.Array, boxes: jax.Array, reference_embedding: jax.Array,
               decode: Callable[[jax.Array], jax.Array], embed: Callable[[jax.Array], jax.Array]
               ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Identity loss of the clean-latent estimates of a batch of videos.
+  """Identity loss of the clean-latent estimates of a batch of videos, the whole clip at once.
 
   Each video's term is its own mean over frames, and the terms are summed, so the gradient with
   respect to one video's x0 is exactly that video's loss gradient (Adam then acts elementwise).
+  Its reverse-mode gradient keeps the residuals of every frame (memory linear in F): the sampler
+  takes `face_loss_grad`, which gives the same gradient one decode chunk at a time.
 
   Args:
     z0: `[B, F, h, w, 4]` scaled latents (x0).
@@ -65,13 +84,56 @@ def face_loss(z0: jax.Array, boxes: jax.Array, reference_embedding: jax.Array,
   Returns:
     (loss, aux) with aux `faces` `[B, F, 112, 112, 3]` and `embeddings` `[B, F, E]`.
   """
+  terms, faces, embeddings = _frame_terms(z0, boxes, reference_embedding, decode, embed)
+  return jnp.sum(jnp.mean(terms, axis=1)), dict(faces=faces, embeddings=embeddings)
+
+
+def face_loss_grad(z0: jax.Array, boxes: jax.Array, reference_embedding: jax.Array,
+                   decode: Callable[[jax.Array], jax.Array], embed: Callable[[jax.Array], jax.Array],
+                   decode_chunk_size: int) -> tuple[jax.Array, jax.Array]:
+  """`face_loss` and its gradient, accumulated one decode chunk at a time (memory flat in F).
+
+  The decoder mixes frames only inside one call of `decode_chunk_size` frames (SPEC §4.4), and
+  the loss is a sum over frames, `sum_b sum_k |1 - cos_bk| / F`. So chunk j's term (its frames of
+  all B videos, summed, divided by F) depends only on chunk j's latents, and the gradient of the
+  loss with respect to them is that term's gradient. The `K = F // c` equal chunks run one after
+  another in a `lax.map` whose body decodes, crops, embeds and back-propagates one chunk: only
+  the latents and the per-chunk gradients stay alive across chunks, never the frames or the
+  residuals of another chunk. A shorter tail chunk, if any, is a second call (like `vae.decode`).
+
+  Each frame's gradient is the same expression as in `jax.grad` of `face_loss` (cotangent 1/F on
+  its term); only the loss value is summed in another order.
+
+  Args:
+    z0, boxes, reference_embedding, embed: as `face_loss`.
+    decode: as `face_loss`; called on at most `decode_chunk_size` frames, which it must decode in
+      one decoder call (the chunked `vae.decode` with that chunk size does).
+    decode_chunk_size: frames per decoder call c (a static int >= 1).
+  Returns:
+    (loss, gradient `[B, F, h, w, 4]` of the loss with respect to z0).
+  """
+  if not isinstance(decode_chunk_size, numbers.Integral) or decode_chunk_size < 1:
+    raise ValueError(f'decode_chunk_size must be a positive int, got {decode_chunk_size!r}')
   b, f = boxes.shape[:2]
-  frames = to_unit_range(jax.vmap(decode)(z0).astype(jnp.float32))              # [B, F, H, W, 3]
-  faces = crop_faces(frames.reshape((b * f,) + frames.shape[2:]), boxes.reshape(b * f, 4))
-  embeddings = embed(faces).reshape(b, f, -1)                                    # [BF, E] -> [B, F, E]
-  cos = cosine_similarity(embeddings, reference_embedding[:, None, :])           # [B, F]
-  loss = jnp.sum(jnp.mean(jnp.abs(1.0 - cos), axis=1))
-  return loss, dict(faces=faces.reshape((b, f) + faces.shape[1:]), embeddings=embeddings)
+  if z0.shape[:2] != (b, f):
+    raise ValueError(f'z0 has batch and frames {z0.shape[:2]}, boxes {(b, f)}')
+
+  def chunk(z, box):  # z [B, c, h, w, 4], box [B, c, 4] -> (term, grad [B, c, h, w, 4])
+    term = lambda x: jnp.sum(_frame_terms(x, box, reference_embedding, decode, embed)[0]) / f
+    return jax.value_and_grad(term)(z)
+
+  size = min(int(decode_chunk_size), f)
+  k = f // size
+  head = k * size
+  # [B, F, ...] -> [B, K, c, ...] (the first K c frames) -> [K, B, c, ...]
+  split = lambda a: jnp.swapaxes(a[:, :head].reshape((b, k, size) + a.shape[2:]), 0, 1)
+  terms, grads = jax.lax.map(lambda a: chunk(*a), (split(z0), split(boxes)))   # [K], [K, B, c, h, w, 4]
+  grad = jnp.swapaxes(grads, 0, 1).reshape((b, head) + z0.shape[2:])          # -> [B, K c, h, w, 4]
+  loss = jnp.sum(terms)
+  if head < f:
+    tail_term, tail_grad = chunk(z0[:, head:], boxes[:, head:])
+    loss, grad = loss + tail_term, jnp.concatenate([grad, tail_grad], axis=1)
+  return loss, grad
 
 
 def adam() -> optax.GradientTransformation:
@@ -80,10 +142,12 @@ def adam() -> optax.GradientTransformation:
 
 
 def refine(z0: jax.Array, learning_rate: jax.Array, iterations: int,
-           loss: Callable[[jax.Array], tuple[jax.Array, dict]]) -> jax.Array:
-  """`iterations` Adam steps on `loss` from `z0` with a fresh optimiser state; returns the new x0."""
+           grad_fn: Callable[[jax.Array], jax.Array]) -> jax.Array:
+  """`iterations` Adam steps from `z0` with a fresh optimiser state; returns the new x0.
+
+  `grad_fn(z)` is the loss gradient at z (`face_loss_grad`'s, or `jax.grad` of a loss).
+  """
   tx = adam()
-  grad_fn = jax.grad(lambda z: loss(z)[0])
 
   def body(_, carry):
     z, state = carry

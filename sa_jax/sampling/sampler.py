@@ -169,12 +169,13 @@ def make_step(networks: Networks, config: SamplerConfig
   def refine(params, inputs: SamplerInputs, x0, i):
     cfg = config.hjb
     lr = cfg.eta * (1.0 - i.astype(jnp.float32) / config.num_steps)
-    loss = lambda z: hjb.face_loss(
+    grad = lambda z: hjb.face_loss_grad(
         z, inputs.face_boxes, inputs.reference_embedding,
         decode=lambda lat: networks.decode(params['vae'], lat, config.decode_chunk_size),
-        embed=lambda faces: networks.embed_faces(params['face_embedder'], faces))
+        embed=lambda faces: networks.embed_faces(params['face_embedder'], faces),
+        decode_chunk_size=config.decode_chunk_size)[1]
     inside = (i >= cfg.start) & (i <= cfg.end)
-    return jax.lax.cond(inside, lambda z: hjb.refine(z, lr, cfg.iterations, loss), lambda z: z, x0)
+    return jax.lax.cond(inside, lambda z: hjb.refine(z, lr, cfg.iterations, grad), lambda z: z, x0)
 
   def step(params, inputs: SamplerInputs, x, i):
     v = guided_velocity(params, inputs, x, i)

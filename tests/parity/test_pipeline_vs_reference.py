@@ -204,14 +204,16 @@ def test_hjb_face_correction_steps(setup, run):
   reference.assert_close(embedding, ref_embedding, bounds.guidance_atol(bounds.README_MODULE_ATOL, ref_embedding),
                          name='reference face embedding')
   networks = stable_animator.make_networks(config.models, remat=True)
-  loss = lambda z: hjb.face_loss(
-      z[None], jnp.asarray(request.face_boxes), embedding,
-      decode=lambda lat: networks.decode(params['vae'], lat, cfg.decode_chunk_size),
-      embed=lambda faces: networks.embed_faces(params['face_embedder'], faces))
+  terms = dict(boxes=jnp.asarray(request.face_boxes), reference_embedding=embedding,
+               decode=lambda lat: networks.decode(params['vae'], lat, cfg.decode_chunk_size),
+               embed=lambda faces: networks.embed_faces(params['face_embedder'], faces))
+  # The sampler's gradient: accumulated one decode chunk at a time.
+  grad_fn = lambda z: hjb.face_loss_grad(z[None], decode_chunk_size=cfg.decode_chunk_size, **terms)[1][0]
 
   first = min(r['refine_steps'])
   z0 = _unrefined_x0(case, run, first, cfg)
-  (_, aux), grad = jax.jit(jax.value_and_grad(loss, has_aux=True))(z0)
+  _, aux = jax.jit(lambda z: hjb.face_loss(z[None], **terms))(z0)
+  grad = jax.jit(grad_fn)(z0)
   faces = _nhwc(io[prefix + 'hjb_cropped_faces_first_call'][0])
   reference.assert_close(aux['faces'][0, 0], faces, bounds.guidance_atol(bounds.README_MODULE_ATOL, faces),
                          name='first face crop')
@@ -226,7 +228,7 @@ def test_hjb_face_correction_steps(setup, run):
   large = np.abs(expected_grad) > grad_atol
   np.testing.assert_array_equal(np.sign(np.asarray(grad))[large], np.sign(expected_grad)[large])
 
-  refine = jax.jit(lambda z, lr: hjb.refine(z, lr, cfg.hjb.iterations, loss))
+  refine = jax.jit(lambda z, lr: hjb.refine(z, lr, cfg.hjb.iterations, grad_fn))
   for step in sorted(r['refine_steps']):
     lr = cfg.hjb.eta * (1 - step / cfg.num_steps)
     refined = refine(_unrefined_x0(case, run, step, cfg), lr)
