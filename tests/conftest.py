@@ -1,6 +1,6 @@
 """Test-session setup: 8 simulated CPU devices for the mesh tests (set before JAX starts), SIGINT
-handled as in a terminal, and the golden weights laid out as the release and converted once per
-session."""
+handled as in a terminal, the golden weights laid out as the release and converted once per
+session, and the micro model (tests/micro_model.py) written once per session."""
 
 import os
 import signal
@@ -46,3 +46,10 @@ def checkpoint_dir(release_dir, tmp_path_factory):
   out = tmp_path_factory.mktemp('ckpt') / 'ckpt'
   convert.main(['--release', str(release_dir), '--out', str(out)])
   return out
+
+
+@pytest.fixture(scope='session')
+def micro_checkpoint(tmp_path_factory):
+  """tests/micro_model.py's model as an sa-jax checkpoint (read only by the tests that use it)."""
+  from tests import micro_model
+  return micro_model.write_checkpoint(tmp_path_factory.mktemp('micro') / 'ckpt')

@@ -93,9 +93,13 @@ def test_output_may_not_hold_an_input(tmp_path):
 def test_checkpoint_with_face_correction(checkpoint_dir, tmp_path):
   out = tmp_path / 'hjb.mp4'
   width, height = Image.open(SAMPLE / 'reference.png').size
+  # All frames in one decode chunk: the face-loss gradient then traces the decoder and the face
+  # embedder once, not again for a tail chunk (the tail is tested in tests/sampling/test_hjb.py and
+  # test_sampler.py).
   animate_tool.main(['--checkpoint', str(checkpoint_dir), '--input', str(SAMPLE), '--out', str(out),
                      '--width', str(width), '--height', str(height), '--steps', '2', '--hjb',
-                     '--hjb-start', '1', '--hjb-end', '1', '--hjb-iterations', '1'])
+                     '--hjb-start', '1', '--hjb-end', '1', '--hjb-iterations', '1',
+                     '--decode-chunk-size', str(FRAMES)])
   _check_outputs(out, FRAMES, (width, height))
 
 
@@ -110,6 +114,13 @@ def case(tmp_path):
 @pytest.fixture(scope='module')
 def demo():
   return animate.demo_model()
+
+
+@pytest.fixture(scope='module')
+def micro(micro_checkpoint):
+  """The session's micro model (tests/micro_model.py), read as sa-animate reads a checkpoint."""
+  from sa_jax import checkpoint
+  return checkpoint.load(micro_checkpoint)
 
 
 def _settings(width=0, height=0, hjb=False, steps=2, **io):
@@ -193,16 +204,18 @@ def test_config_overrides_and_short_flags_set_the_same_fields():
 
 
 @pytest.mark.heavy
-def test_batched_cases_equal_one_at_a_time(demo, tmp_path):
+def test_batched_cases_equal_one_at_a_time(micro, micro_checkpoint, tmp_path):
   """Two cases in one compiled batch give the frames each gives alone; a broken case is reported
-  by index and does not stop the others; --num-frames takes the first poses."""
-  params, config = demo
+  by index and does not stop the others; --num-frames takes the first poses. (The micro model: the
+  batching does not depend on the model's size.)"""
+  params, config = micro
   first, second, broken = (tmp_path / n for n in ('a', 'b', 'broken'))
   for folder in (first, second, broken):
     shutil.copytree(SAMPLE, folder)
   np.save(second / 'face_embedding.npy', np.random.default_rng(1).standard_normal(512).astype(np.float32))
   np.save(broken / 'face_embedding.npy', np.zeros(7))
   run = _settings(num_frames=FRAMES - 1, batch_size=2)
+  run.sampler.decode_chunk_size = 3       # a tail chunk too; the mesh test below reuses the one-video programs
   cases = [animate.Inputs(folder=f) for f in (first, broken, second)]
   results = dict(animate.animate_cases(params, config, cases, run))
   assert isinstance(results[1], ValueError) and 'has 7 values' in str(results[1])
@@ -216,8 +229,9 @@ def test_batched_cases_equal_one_at_a_time(demo, tmp_path):
       'different face embeddings must give different videos'
   out = tmp_path / 'out'
   # The settings of `run`, so the batch's program is reused, not compiled again; 0: the sample's size.
-  animate_tool.main(['--input', str(first), str(second), '--out', str(out), '--steps', '2', '--batch-size', '2',
-                     '--num-frames', str(FRAMES - 1), '--width', '0', '--height', '0', '--no-compile-cache'])
+  animate_tool.main(['--checkpoint', str(micro_checkpoint), '--input', str(first), str(second), '--out', str(out),
+                     '--steps', '2', '--batch-size', '2', '--num-frames', str(FRAMES - 1), '--decode-chunk-size', '3',
+                     '--width', '0', '--height', '0', '--no-compile-cache'])
   for name in ('a', 'b'):
     _check_outputs(out / f'{name}.mp4', FRAMES - 1, Image.open(SAMPLE / 'reference.png').size)
 
@@ -238,18 +252,24 @@ def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
 
 
 @pytest.mark.heavy
-def test_mesh_run_matches_one_device(checkpoint_dir, tmp_path):
+def test_mesh_run_matches_one_device(micro_checkpoint, tmp_path):
   """sa-animate --mesh data=2,fsdp=4 (8 simulated devices) loads the checkpoint into its shardings
-  and gives the frames of a one-device run."""
+  and gives the frames of a one-device run (the micro model's checkpoint: loading and sharding do
+  not depend on the model's size)."""
   width, height = Image.open(SAMPLE / 'reference.png').size
-  common = ['--checkpoint', str(checkpoint_dir), '--input', str(SAMPLE), str(SAMPLE.parent / 'sample'),
-            '--steps', '2', '--width', str(width), '--height', str(height), '--no-compile-cache']
+  # The settings of the batched test's one-video runs (4 frames, decode chunks of 3 and 1): in one
+  # session the one-device run reuses their programs.
+  frames = FRAMES - 1
+  common = ['--checkpoint', str(micro_checkpoint), '--input', str(SAMPLE), str(SAMPLE.parent / 'sample'),
+            '--steps', '2', '--width', str(width), '--height', str(height), '--num-frames', str(frames),
+            '--decode-chunk-size', '3', '--no-compile-cache']
   with pytest.raises(SystemExit, match='share names'):
     animate_tool.main(common + ['--out', str(tmp_path / 'never')])
   common = common[:3] + [str(SAMPLE)] + common[5:]
   animate_tool.main(common + ['--out', str(tmp_path / 'one.mp4')])
   animate_tool.main(common + ['--out', str(tmp_path / 'mesh.mp4'), '--mesh', 'data=2,fsdp=4'])
-  for i in range(FRAMES):
+  assert [len(list((tmp_path / f'{n}_frames').glob('frame_*.png'))) for n in ('one', 'mesh')] == [frames, frames]
+  for i in range(frames):
     one, mesh = (np.asarray(Image.open(tmp_path / f'{n}_frames' / f'frame_{i}.png'), np.int16)
                  for n in ('one', 'mesh'))
     # Sharded reductions sum in another order (float32): within one uint8 level.

@@ -8,6 +8,8 @@ SIGINT/SIGTERM must end it with exit status 130/143, the earlier output byte for
 nothing new under a final name; after SIGKILL the next run removes the killed run's staging and
 replaces the output. The animation runs share the default persistent compilation cache with this
 process, which made the first (complete) animation: they compile nothing, which the last run checks.
+They animate the bundled sample with the session's micro model (tests/micro_model.py): what an
+interrupt does does not depend on the model, and each run traces and loads several times less.
 """
 
 import hashlib
@@ -25,7 +27,7 @@ import jax
 import numpy as np
 import pytest
 
-from sa_jax import checkpoint
+from sa_jax import animate, checkpoint
 from sa_jax.prep import frames as frame_io
 from sa_jax.sampling import pipeline
 import tools
@@ -128,13 +130,17 @@ def test_conversion_interrupted_or_killed(release_dir, checkpoint_dir, tmp_path)
 
 
 @pytest.fixture(scope='module')
-def animation(tmp_path_factory):
-  """A complete demo animation made in this process, so the default persistent compilation cache
-  holds its programs (the subprocesses inherit this environment): `(command, folder, output)`."""
+def animation(tmp_path_factory, micro_checkpoint):
+  """A complete animation made in this process, so the default persistent compilation cache holds
+  its programs (the subprocesses inherit this environment): `(command, folder, output)`; the
+  command's arguments after the module name are those of an in-process rerun."""
   folder = tmp_path_factory.mktemp('animation')
   out = folder / 'demo.mp4'
-  animate_tool.main(['--out', str(out), '--steps', '2'])
-  return ('tools.animate', '--out', str(out), '--steps', '2', '--overwrite'), folder, out
+  # 0 x 0: the sample's own size (--input alone would generate at 512 x 512).
+  args = ('--checkpoint', str(micro_checkpoint), '--input', str(animate.SAMPLE_DIR), '--width', '0', '--height', '0',
+          '--out', str(out), '--steps', '2')
+  animate_tool.main(list(args))
+  return ('tools.animate', *args, '--overwrite'), folder, out
 
 
 def test_animation_interrupted_while_compiling(animation, tmp_path):
@@ -158,7 +164,7 @@ def test_animation_interrupted_while_denoising_decoding_or_writing(animation, st
   """In this process (its programs are compiled): the signal comes right after the stage's program
   is dispatched, so it arrives while that program runs; or, writing, after the first frame PNG is
   written into the staging folder (the video and GIF are there already)."""
-  _, folder, out = animation
+  command, folder, out = animation
   before = contents(folder)
   if stage == 'write':
     monkeypatch.setattr(frame_io, 'save_rgb', _signal_after(frame_io.save_rgb, signum))
@@ -172,7 +178,7 @@ def test_animation_interrupted_while_denoising_decoding_or_writing(animation, st
 
     monkeypatch.setattr(pipeline.Animator, '_compiled', signalling)
   with pytest.raises(SystemExit) as stop:
-    animate_tool.main(['--out', str(out), '--steps', '2', '--overwrite'])
+    animate_tool.main(list(command[1:]))
   assert stop.value.code == tools.SIGNAL_EXIT + signum
   assert f'stopped by {signal.Signals(signum).name}' in capsys.readouterr().err
   assert contents(folder) == before and hidden(folder) == [], 'nothing replaced, no staging left'
