@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from sa_jax.data.clips import EMBEDDING_DIM
+from sa_jax.data.clip_files import EMBEDDING_DIM
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sa_jax.data import clips, synthetic
+from sa_jax.data import clip_files, clips, synthetic
 from tools import make_clips
 
 F, STRIDE, LENGTH, SIZE = 4, 2, 12, 32  # frames per example, stride, frames per clip, output W = H
@@ -75,7 +75,7 @@ def test_sample_frames_short_clips():
 
 def test_read_clip_resizes_and_takes_the_reference_row(tmp_path):
   folder, = synthetic.write_clips(tmp_path / 'c', 1, num_frames=LENGTH, width=40, height=24, seed=3)
-  example = clips.read_clip(folder, _config(folder), np.random.default_rng(7))
+  example = clips.read_clip(clip_files.FolderClip(str(folder)), _config(folder), np.random.default_rng(7))
   ids, reference = clips.sample_frames(LENGTH, F, STRIDE, np.random.default_rng(7))
 
   def expected(kind, i):
@@ -93,13 +93,13 @@ def test_read_clip_resizes_and_takes_the_reference_row(tmp_path):
 
   (folder / 'face_embeddings.npy').unlink()
   np.save(folder / 'face_embedding.npy', table[0])
-  np.testing.assert_array_equal(
-      clips.read_clip(folder, _config(folder), np.random.default_rng(7))['face_embedding'], table[0])
+  example = clips.read_clip(clip_files.FolderClip(str(folder)), _config(folder), np.random.default_rng(7))
+  np.testing.assert_array_equal(example['face_embedding'], table[0])
 
 
 def test_read_clip_keeps_frames_of_the_output_size(root):
   folder = root / '00000'
-  example = clips.read_clip(folder, _config(root), np.random.default_rng(1))
+  example = clips.read_clip(clip_files.FolderClip(str(folder)), _config(root), np.random.default_rng(1))
   ids, _ = clips.sample_frames(LENGTH, F, STRIDE, np.random.default_rng(1))
   with Image.open(folder / 'images' / f'frame_{ids[1]}.png') as image:
     np.testing.assert_array_equal(example['frames'][1], np.asarray(image))
@@ -265,14 +265,14 @@ def test_list_clips(root, tmp_path):
   (root.parent / 'notes.txt').write_text('x')
   (tmp_path / 'list.txt').write_text(f'\n# comment\n{root / "00003"}\n')
   shutil.copytree(root / '00000', tmp_path / '.partial')
-  assert clips.list_clips([root]) == sorted(root.iterdir())
-  assert clips.list_clips([root / '00001', tmp_path / 'list.txt']) == [root / '00001', root / '00003']
-  assert clips.list_clips([tmp_path / 'list.txt'])[0].is_dir()
+  assert clip_files.list_clips([root]) == sorted(root.iterdir())
+  assert clip_files.list_clips([root / '00001', tmp_path / 'list.txt']) == [root / '00001', root / '00003']
+  assert clip_files.list_clips([tmp_path / 'list.txt'])[0].is_dir()
   with pytest.raises(ValueError, match='data root .*nowhere does not exist'):
-    clips.list_clips([tmp_path / 'nowhere'])
+    clip_files.list_clips([tmp_path / 'nowhere'])
   (tmp_path / 'empty').mkdir()
   with pytest.raises(ValueError, match='no clip folders in'):
-    clips.list_clips([tmp_path / 'empty'])
+    clip_files.list_clips([tmp_path / 'empty'])
 
 
 def test_config_and_loader_checks(root):
@@ -302,7 +302,8 @@ def test_make_clips_tool(tmp_path, capsys):
   out = tmp_path / 'out'
   make_clips.main([str(out), '--clips', '2', '--frames', '6', '--width', '24', '--height', '16'])
   assert sorted(p.name for p in out.iterdir()) == ['00000', '00001']
-  example = clips.read_clip(out / '00001', _config(out, size=16), np.random.default_rng(0))
+  clip = clip_files.FolderClip(str(out / '00001'))
+  example = clips.read_clip(clip, _config(out, size=16), np.random.default_rng(0))
   assert example['frames'].shape == (F, 16, 16, 3)
   with pytest.raises(SystemExit, match=r'sa-make-clips: error: output .*out exists and is not an empty'):
     make_clips.main([str(out)])
