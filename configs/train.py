@@ -11,6 +11,10 @@ blocks are trained:
 
   Per-device memory (XLA's estimate of the compiled step) is in docs/training.md.
 
+  LoRA (docs/training.md): `--config.lora.rank=8 --config.lora.alpha=8` trains rank-8 adapters on
+  the attention projections alone; `--config.dtype=bfloat16` computes in bfloat16 with float32
+  master weights.
+
 Tiny (`configs/train.py:tiny`): the tiny model with seeded random weights on synthetic clips:
 
   python -m tools.make_clips clips/ --clips 4 --frames 24 --width 64 --height 64
@@ -46,12 +50,12 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
       demo=tiny,                    # without init: the tiny demo model with seeded random weights
   )
   config.data = dict(
-      roots='',                     # comma-separated clip folders, folders of clips, or clip-list files
+      roots='',                     # comma-separated clip folders, folders of clips, clip lists, packed datasets
       width=64 if tiny else 512,    # training size, multiples of 64
       height=64 if tiny else 512,
       num_frames=4 if tiny else 16,   # frames per sample
       stride=4,                     # frame stride of a sample (SPEC §5)
-      per_device_batch_size=1,      # videos per device per step (the release: 1)
+      per_device_batch_size=1,      # videos per device per step (the release: 1); with context=c, per c devices
       worker_count=0 if tiny else 4,  # grain worker processes per host (0: in the main process)
       max_skipped_steps=100,        # stop after this many steps in a row without a readable clip (0: never)
   )
@@ -72,6 +76,11 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
       weight_decay=1e-2,
       max_grad_norm=0.0,            # 0: no clipping (the release)
   )
+  config.lora = dict(
+      rank=0,                       # low-rank adapters on `targets` (only they train); 0: none (the release)
+      alpha=1.0,                    # the adapters' product is scaled by alpha / rank
+      targets='to_q,to_k,to_v,to_out',  # module names among the trained parameters (comma-separated)
+  )
   config.log_every = 50                          # metrics to TensorBoard and metrics.jsonl
   config.checkpoint = dict(
       every=300 if tiny else 2000,  # steps between checkpoints (and one at the end); a multiple of log_every
@@ -85,7 +94,7 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
       guidance=3.0,
   )
   config.mesh = dict(
-      shape='fsdp=-1',              # e.g. 'data=2,fsdp=4'; -1 takes the devices left
+      shape='fsdp=-1',              # e.g. 'data=2,fsdp=4' or 'fsdp=4,context=2' (frames split); -1: the rest
       rules=dict(sharding.LOGICAL_RULES),   # logical axis -> mesh axes (names in sa_jax/sharding.py)
   )
   config.distributed = dict(

@@ -300,6 +300,9 @@ def check_run(run: Any) -> None:
       raise ValueError(f'hjb.start {h.start} but only {s.num_steps} steps (0-based): no step would be refined')
     if not h.eta > 0:
       raise ValueError(f'hjb.eta is {h.eta}; expected > 0')
+  if run.mesh.shape and sharding.parse_mesh_shape(run.mesh.shape).get(sharding.CONTEXT, 1) != 1:
+    raise ValueError(f'mesh.shape {run.mesh.shape!r} splits frames over context; sa-animate splits the '
+                     'videos over data and fsdp only (context is for sa-train)')
   _dtype(s.dtype)
 
 

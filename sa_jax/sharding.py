@@ -34,6 +34,25 @@ The window axes of a convolution are never sharded.
 With `tensor` of size 1 (the default mesh) only `fsdp` shards parameters; the two layouts then
 differ only in which kernel axis it splits. GEGLU's `[value | gate]` halves land on different
 `tensor` shards, so its product costs one exchange of the hidden activation.
+
+Video activations (`context` splits each video's frames over devices; size 1 unless configured):
+
+  BATCH   B of `[B, F, ...]` arrays (batch fields, latents, temporal views)       -> data x fsdp
+  FRAMES  F of the same                                                           -> context
+  ROWS    the merged rows of `[BF, ...]` streams (UNet, VAE encoder, PoseNet) and  -> data x fsdp x context
+          of the temporal transformers' `[BL, F, C]` sequences
+
+`constrain` pins these where the mesh holds them. With one video per batch shard (B = data x
+fsdp; `per_device_batch_size=1` in sa-train) the split rows of `[BF]` are the split frames of
+`[B, F]`: each device holds F / context consecutive frames, and the reshapes between the two move
+nothing (with more videos per shard the layouts differ and each such reshape re-splits the
+stream: correct, but an exchange every time). Spatial layers (convolutions, spatial attention,
+per-frame GroupNorm) run on local frames. A temporal resnet's frame convolution exchanges one
+boundary frame with each neighbour and its frame-pooled GroupNorm sums statistics over the axis.
+A temporal transformer re-splits its `[BL, F, C]` sequences by rows (one all-to-all in, one out)
+and attends over all F frames locally: each device sends 2 (c - 1) / c^2 of the block's input,
+where attending with F split would gather K and V, 2 (c - 1) / c of it. Parameters are not split
+over `context`; their gradients are summed over it.
 """
 
 from collections.abc import Mapping, Sequence
@@ -47,16 +66,22 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 # Mesh axes.
 DATA = 'data'      # replicas of the model, each on a slice of the batch
 FSDP = 'fsdp'      # parameters sharded, batch sharded too (ZeRO-3 style)
+CONTEXT = 'context'  # a video's frames split over devices (size 1 unless configured)
 TENSOR = 'tensor'  # tensor parallelism: pairs split their hidden features (size 1 unless configured)
-MESH_AXES = (DATA, FSDP, TENSOR)
+# Inner axes are neighbours in `jax.devices()` order (on one host, on the fastest links): tensor
+# and context exchange activations inside every block, data and fsdp once per parameter.
+MESH_AXES = (DATA, FSDP, CONTEXT, TENSOR)
 
 # Logical axes.
 BATCH = 'batch'
+FRAMES = 'frames'
+ROWS = 'rows'
 LENGTH = 'length'
 EMBED = 'embed'
 MLP = 'mlp'
 NORM = 'norm'
-LOGICAL_AXES = (BATCH, LENGTH, EMBED, MLP, NORM)
+LOGICAL_AXES = (BATCH, FRAMES, ROWS, LENGTH, EMBED, MLP, NORM)
+VIDEO = (BATCH, FRAMES)   # the leading axes of `[B, F, ...]` arrays
 
 # Logical axes of the `[in, out]` axes of a kernel (see the module docstring).
 IN_PROJ = (EMBED, MLP)
@@ -72,6 +97,8 @@ def output_features(kernel_axes: Sequence[str | None]) -> str | None:
 
 LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
     (BATCH, (DATA, FSDP)),
+    (FRAMES, CONTEXT),
+    (ROWS, (DATA, FSDP, CONTEXT)),
     (LENGTH, None),
     (EMBED, FSDP),
     (MLP, TENSOR),
@@ -82,9 +109,9 @@ LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
 def rules_from_config(config: Mapping[str, str | Sequence[str] | None]) -> tuple[tuple[str, Any], ...]:
   """Logical-axis rules from a mapping `logical axis -> mesh axis, list of mesh axes, or None`.
 
-  E.g. `{'batch': ['data', 'fsdp'], 'length': None, 'embed': 'fsdp', 'mlp': 'tensor',
-  'norm': None}` gives `LOGICAL_RULES`. Logical axes left out are replicated. Accepts a dict or an
-  `ml_collections.ConfigDict`.
+  E.g. `{'batch': ['data', 'fsdp'], 'frames': 'context', 'rows': ['data', 'fsdp', 'context'],
+  'length': None, 'embed': 'fsdp', 'mlp': 'tensor', 'norm': None}` gives `LOGICAL_RULES`. Logical
+  axes left out are replicated. Accepts a dict or an `ml_collections.ConfigDict`.
 
   Raises:
     ValueError: naming unknown logical axes, unknown or repeated mesh axes, or a value that is not
@@ -137,7 +164,7 @@ def parse_mesh_shape(text: str) -> dict[str, int]:
 
 
 def make_mesh(shape: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """A mesh with axes `(data, fsdp, tensor)`; `shape` gives their sizes (missing axes are 1).
+  """A mesh with axes `(data, fsdp, context, tensor)`; `shape` gives their sizes (missing axes are 1).
 
   A size of -1 takes the devices that are left, e.g. `{'data': -1}` is pure data parallelism.
   """
@@ -167,6 +194,19 @@ def _fit(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh) -> PartitionSpec
   return PartitionSpec(*fitted)
 
 
+def constrain(x: jax.Array, logical: Sequence[str | None]) -> jax.Array:
+  """`nn.with_logical_constraint` where the mesh holds the layout exactly: x is left to the compiler
+  when a named dimension does not divide over its mesh axes (a batch smaller than the batch shards,
+  a VAE decoder chunk of one video), and outside a mesh with logical-axis rules."""
+  rules, mesh = nn.get_logical_axis_rules(), jax.sharding.get_abstract_mesh()
+  if not rules or mesh.empty:
+    return x
+  spec = nn.logical_to_mesh_axes(tuple(logical), rules)
+  if _fit(spec, x.shape, mesh) != spec:
+    return x
+  return jax.lax.with_sharding_constraint(x, spec)
+
+
 def logical_to_sharding(logical: Any, shapes: Any, mesh: Mesh,
                         rules: Sequence[tuple[str, Any]] = LOGICAL_RULES) -> Any:
   """Maps a pytree of logical PartitionSpecs (and matching shapes) to NamedShardings."""
@@ -188,4 +228,11 @@ def batch_sharding(mesh: Mesh, ndim: int, rules: Sequence[tuple[str, Any]] = LOG
                    ) -> NamedSharding:
   """Sharding of an array whose first axis is the batch, the rest replicated."""
   spec = nn.logical_to_mesh_axes((BATCH,) + (None,) * (ndim - 1), rules)
+  return NamedSharding(mesh, spec)
+
+
+def video_sharding(mesh: Mesh, ndim: int, rules: Sequence[tuple[str, Any]] = LOGICAL_RULES
+                   ) -> NamedSharding:
+  """Sharding of a video array `[B, F, ...]`: `BATCH` then `FRAMES`, the rest replicated."""
+  spec = nn.logical_to_mesh_axes(VIDEO + (None,) * (ndim - 2), rules)
   return NamedSharding(mesh, spec)

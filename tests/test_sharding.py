@@ -1,4 +1,7 @@
-"""Kernel axes, rules from config, and the UNet on meshes of 8 simulated CPU devices vs one device."""
+"""Kernel axes, rules from config, the video axes, and the UNet on meshes of 8 simulated CPU devices vs
+one device."""
+
+import re
 
 import flax.linen as nn
 import jax
@@ -12,7 +15,7 @@ from sa_jax import sharding
 from sa_jax.models import random_init, unet
 from sa_jax.nn import linear
 
-DATA, FSDP, TENSOR = sharding.DATA, sharding.FSDP, sharding.TENSOR
+DATA, FSDP, CONTEXT, TENSOR = sharding.DATA, sharding.FSDP, sharding.CONTEXT, sharding.TENSOR
 # The first kernels of pairs (`sharding.IN_PROJ`) by module name; every other kernel is `OUT_PROJ`.
 PAIR_FIRSTS = ('to_q', 'to_k', 'to_v', 'id_to_k', 'id_to_v', 'linear_1', 'conv1', 'time_emb_proj',
                'ff/proj_in', 'ff_in/proj_in')
@@ -93,8 +96,10 @@ def test_projections_carry_megatron_kernel_axes(tiny):
 
 
 def test_rules_from_config():
-  default = {'batch': [DATA, FSDP], 'length': None, 'embed': FSDP, 'mlp': TENSOR, 'norm': None}
+  default = {'batch': [DATA, FSDP], 'frames': CONTEXT, 'rows': [DATA, FSDP, CONTEXT], 'length': None,
+             'embed': FSDP, 'mlp': TENSOR, 'norm': None}
   assert sharding.rules_from_config(default) == sharding.LOGICAL_RULES
+  assert sharding.rules_from_config(dict(sharding.LOGICAL_RULES)) == sharding.LOGICAL_RULES   # the configs' form
   assert sharding.rules_from_config({'mlp': [TENSOR, FSDP], 'embed': []}) == (
       (sharding.EMBED, None), (sharding.MLP, (TENSOR, FSDP)))
   with pytest.raises(ValueError, match=r"unknown logical axes \['emb', 'heads'\]; expected a subset of"):
@@ -118,6 +123,7 @@ def test_rules_from_config_drive_param_shardings(tiny):
 
 def test_parse_mesh_shape():
   assert sharding.parse_mesh_shape('data=2, fsdp=4') == {DATA: 2, FSDP: 4}
+  assert sharding.parse_mesh_shape('data=2,fsdp=2,context=2') == {DATA: 2, FSDP: 2, CONTEXT: 2}
   assert sharding.parse_mesh_shape('tensor=2,data=-1') == {TENSOR: 2, DATA: -1}
   for text, error in [('', "'' is not axis=size"), ('data:2', "'data:2' is not axis=size"),
                       ('data=2,model=2', "unknown mesh axis 'model'"),
@@ -126,6 +132,35 @@ def test_parse_mesh_shape():
                       ('fsdp=0', "size 0 of 'fsdp'; expected >= 1 or -1")]:
     with pytest.raises(ValueError, match=error):
       sharding.parse_mesh_shape(text)
+
+
+def test_video_axes_split_frames_over_context():
+  mesh = _mesh({DATA: 2, FSDP: 2, CONTEXT: 2})
+  assert dict(mesh.shape) == {DATA: 2, FSDP: 2, CONTEXT: 2, TENSOR: 1}
+  assert sharding.make_mesh({DATA: 2}, jax.devices()[:2]).shape[CONTEXT] == 1
+  # [B, F, ...] batch fields: videos over the batch axes, each video's frames over context.
+  assert sharding.video_sharding(mesh, 5).spec == PartitionSpec((DATA, FSDP), CONTEXT, None, None, None)
+  assert sharding.batch_sharding(mesh, 4).spec == PartitionSpec((DATA, FSDP), None, None, None)
+  # The merged rows [BF, ...]: B major, so a device's rows are consecutive frames of one video.
+  rows = nn.logical_to_mesh_axes((sharding.ROWS, None), sharding.LOGICAL_RULES)
+  assert rows == PartitionSpec((DATA, FSDP, CONTEXT), None)
+  assert sharding.video_sharding(mesh, 3, sharding.rules_from_config({'batch': DATA})).spec == \
+      PartitionSpec(DATA, None, None)
+
+
+def test_constrain_pins_only_layouts_the_mesh_holds():
+  mesh = _mesh({DATA: 2, FSDP: 2, CONTEXT: 2})
+  video = (sharding.BATCH, sharding.FRAMES, None)
+  x = jnp.zeros((4, 6, 3))
+  assert sharding.constrain(x, video) is x                      # outside a mesh with rules: unchanged
+
+  def spec_of(shape):
+    text = jax.jit(lambda x: sharding.constrain(x, video) * 2).lower(jnp.zeros(shape)).as_text()
+    return re.findall(r'sdy.sharding_constraint[^\n]*', text)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+    pinned = spec_of((4, 6, 3))
+    assert len(pinned) == 1 and '{"data", "fsdp"}, {"context"}' in pinned[0], pinned
+    assert not spec_of((2, 6, 3)) and not spec_of((4, 3, 3))   # 2 videos on 4 shards, 3 frames on 2
 
 
 @pytest.mark.parametrize('kernel_axes', [sharding.IN_PROJ, sharding.OUT_PROJ])
@@ -167,3 +202,21 @@ def test_unet_sharded_matches_single_device(tiny, single_device, shape):
     out = jax.jit(model.apply, out_shardings=data)({'params': sharded}, *inputs)
   assert out.sharding.spec == data.spec
   np.testing.assert_allclose(np.asarray(out), np.asarray(expected), atol=2e-5, rtol=0)
+
+
+def test_unet_with_frames_split_matches_single_device_and_gathers_no_activation(tiny, single_device):
+  """data=2 x context=4: each device holds one frame of one video. The parameters are replicated on
+  this mesh, so an all-gather could only gather activations: the temporal resnets exchange boundary
+  frames (collective-permute) and the temporal transformers re-split their sequences (all-to-all)."""
+  model, _, inputs = tiny
+  params, expected = single_device
+  mesh = _mesh({DATA: 2, CONTEXT: 4})
+  video, data = NamedSharding(mesh, PartitionSpec(DATA, CONTEXT)), NamedSharding(mesh, PartitionSpec(DATA))
+  inputs = [jax.device_put(x, video if x.ndim == 5 else data) for x in inputs]
+  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+    compiled = jax.jit(model.apply, out_shardings=video).lower({'params': params}, *inputs).compile()
+  out = compiled({'params': params}, *inputs)
+  np.testing.assert_allclose(np.asarray(out), np.asarray(expected), atol=2e-5, rtol=0)
+  ops = re.findall(r' (all-gather|all-to-all|collective-permute|all-reduce|reduce-scatter)(?:-start)?\(',
+                   compiled.as_text())
+  assert 'all-gather' not in ops and {'all-to-all', 'collective-permute'} <= set(ops), sorted(set(ops))

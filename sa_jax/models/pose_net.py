@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sa_jax import sharding
 from sa_jax.nn import linear
 
 Dtype = Any
@@ -65,6 +66,7 @@ class PoseNet(nn.Module):
     x = poses.astype(self.dtype)
     if x.ndim == 5:
       x = x.reshape((-1,) + x.shape[2:])                 # [B, F, H, W, 3] -> [BF, H, W, 3]
+    x = sharding.constrain(x, (sharding.ROWS, None, None, None))   # frames are independent rows
     for index, features, kernel, stride in _CONV_LAYERS:
       x = linear.conv(features, (kernel, kernel), strides=stride, padding=((1, 1), (1, 1)),
                       dtype=self.dtype, param_dtype=self.param_dtype,

@@ -224,10 +224,10 @@ class UNet(nn.Module):
     ids = timestep_embedding(added_time_ids.reshape(-1), cfg.addition_time_embed_dim)
     ids = ids.reshape(b, 3 * cfg.addition_time_embed_dim).astype(self.dtype)   # [fps | motion | noise]
     temb = temb + TimestepEmbedding(time_dim, time_dim, name='add_embedding', **kw)(ids)
-    temb = jnp.repeat(temb, f, axis=0)                                          # [B, T] -> [BF, T]
+    temb = sharding.constrain(jnp.repeat(temb, f, axis=0), (sharding.ROWS, None))   # [B, T] -> [BF, T]
 
     x = sample.astype(self.dtype).reshape(b * f, h, w, cfg.in_channels)       # [B, F, h, w, C] -> [BF, h, w, C]
-    x = nn.with_logical_constraint(x, (sharding.BATCH, None, None, None))
+    x = nn.with_logical_constraint(x, (sharding.ROWS, None, None, None))   # local frames per device
     context = context.astype(self.dtype)
     x = linear.conv3x3(c0, name='conv_in', **kw)(x)
     if pose_latents is not None:

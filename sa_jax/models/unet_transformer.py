@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sa_jax import sharding
 from sa_jax.models.id_adapter import IDAttention
 from sa_jax.nn import linear
 from sa_jax.nn.attention import Attention
@@ -23,6 +24,8 @@ Dtype = Any
 
 LN_EPS = 1e-5
 GN_EPS = 1e-6
+FRAMES_VIEW = sharding.VIDEO + (None, None)   # [B, F, L, C]
+SEQUENCES = (sharding.ROWS, None, None)       # [BL, F, C]
 
 
 class SpatialBlock(nn.Module):
@@ -60,8 +63,12 @@ class TemporalBlock(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     bf, length, c = x.shape
     b = bf // num_frames
-    x = x.reshape(b, num_frames, length, c).transpose(0, 2, 1, 3)   # [BF, L, C] -> [B, L, F, C]
-    x = x.reshape(b * length, num_frames, c)                          # -> [BL, F, C]
+    x = sharding.constrain(x.reshape(b, num_frames, length, c), FRAMES_VIEW)   # [BF, L, C] -> [B, F, L, C]
+    # Attention needs all F frames of a sequence: the sequences are re-split by rows instead of
+    # frames (one all-to-all in, one out: each device sends 2 (c - 1) / c^2 of x, where attending
+    # with F split would gather K and V, 2 (c - 1) / c; `sharding` docstring). Pinned on both sides.
+    x = x.transpose(0, 2, 1, 3).reshape(b * length, num_frames, c)   # -> [B, L, F, C] -> [BL, F, C]
+    x = sharding.constrain(x, SEQUENCES)
     ctx = jnp.broadcast_to(time_context[:, None], (b, length) + time_context.shape[1:])
     ctx = ctx.reshape((b * length,) + time_context.shape[1:])         # [B, S', Ckv] -> [BL, S', Ckv]
     norm = lambda name: LayerNorm(LN_EPS, name=name, **kw)
@@ -69,8 +76,9 @@ class TemporalBlock(nn.Module):
     x = x + Attention(self.heads, self.head_dim, name='attn1', **kw)(norm('norm1')(x))
     x = x + Attention(self.heads, self.head_dim, name='attn2', **kw)(norm('norm2')(x), ctx)
     x = x + FeedForward(4 * c, geglu=True, name='ff', **kw)(norm('norm3')(x))
+    x = sharding.constrain(x, SEQUENCES)
     x = x.reshape(b, length, num_frames, c).transpose(0, 2, 1, 3)   # [BL, F, C] -> [B, F, L, C]
-    return x.reshape(bf, length, c)
+    return sharding.constrain(x, FRAMES_VIEW).reshape(bf, length, c)
 
 
 class TransformerSpatioTemporal(nn.Module):

@@ -27,6 +27,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sa_jax import sharding
 from sa_jax.models.vae_decoder import TemporalDecoder
 from sa_jax.models.vae_encoder import Encoder
 from sa_jax.nn import linear
@@ -155,7 +156,8 @@ class VAE(nn.Module):
     cfg = self.config
     if images.ndim != 4 or images.shape[-1] != cfg.in_channels:
       raise ValueError(f'images must be [N, H, W, {cfg.in_channels}], got shape {images.shape}')
-    moments = self.quant_conv(self.encoder(images.astype(self.dtype)))
+    images = sharding.constrain(images.astype(self.dtype), (sharding.ROWS, None, None, None))   # independent rows
+    moments = self.quant_conv(self.encoder(images))
     return DiagonalGaussian.from_moments(moments)
 
   def decode(self, z: jax.Array, num_frames: int) -> jax.Array:

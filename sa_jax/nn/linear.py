@@ -123,8 +123,11 @@ def matmul_conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: 
   """A stride-1 channels-last convolution as one matmul per window offset, summed (float32 sums).
 
   `y[n, p] = sum_o pad(x)[n, p + o] @ rhs[o]` over the offsets o of the window: the same values as
-  `conv_general_dilated` up to summation order, for `temporal_conv`. Takes `lax.conv_general_dilated`'s
-  arguments; lhs `[N, *spatial, I]`, rhs `[*window, I, O]`, result `[N, *spatial', O]`.
+  `conv_general_dilated` up to summation order, for `temporal_conv`. Each term reads x shifted by one
+  `lax.pad` (negative amounts crop), so on frames split over devices the SPMD partitioner exchanges
+  one boundary frame with each neighbour (padding first, then slicing, re-splits the longer padded
+  axis: several exchanges of up to three frames). Takes `lax.conv_general_dilated`'s arguments; lhs
+  `[N, *spatial, I]`, rhs `[*window, I, O]`, result `[N, *spatial', O]`.
   """
   n = rhs.ndim - 2
   numbers = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
@@ -137,12 +140,13 @@ def matmul_conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: 
                      f'convolutions with explicit padding; got strides {window_strides}, lhs_dilation '
                      f'{lhs_dilation}, rhs_dilation {rhs_dilation}, feature_group_count '
                      f'{feature_group_count}, padding {padding!r}, dimension numbers {numbers}')
-  x = jnp.pad(lhs, ((0, 0), *map(tuple, padding), (0, 0)))
-  out = [x.shape[1 + i] - rhs.shape[i] + 1 for i in range(n)]
+  window_size = rhs.shape[:n]
   acc = jnp.promote_types(jnp.result_type(lhs, rhs), jnp.float32)
+  zero = jnp.zeros((), lhs.dtype)
   y = None
-  for offset in itertools.product(*map(range, rhs.shape[:n])):
-    window = x[(slice(None),) + tuple(slice(o, o + size) for o, size in zip(offset, out))]  # [N, *out, I]
+  for offset in itertools.product(*map(range, window_size)):
+    shift = [(lo - o, hi - (k - 1 - o), 0) for o, k, (lo, hi) in zip(offset, window_size, padding)]
+    window = lax.pad(lhs, zero, [(0, 0, 0), *shift, (0, 0, 0)])   # pad(x)[n, p + o]: [N, *out, I]
     term = jnp.einsum('...i,io->...o', window, rhs[offset], precision=precision,
                       preferred_element_type=acc)
     y = term if y is None else y + term

@@ -42,6 +42,11 @@ class ResnetBlock(nn.Module):
       return linear.temporal_conv(self.out_channels, **kw)
     return linear.conv3x3(self.out_channels, **kw)
 
+  def _pin_frames(self, h: jax.Array, features: str | None) -> jax.Array:
+    """Temporal: frames stay split as in the input (`SpatioTemporalResBlock` pins it), so the
+    convolutions exchange boundary frames only (`sharding` docstring); spatial: unchanged."""
+    return sharding.constrain(h, sharding.VIDEO + (None, None, features)) if self.temporal else h
+
   @nn.compact
   def __call__(self, x: jax.Array, temb: jax.Array | None = None) -> jax.Array:
     """Args:
@@ -57,7 +62,8 @@ class ResnetBlock(nn.Module):
       t = linear.dense(self.out_channels, kernel_axes=sharding.IN_PROJ, dtype=self.dtype,
                        param_dtype=self.param_dtype, name='time_emb_proj')(nn.silu(temb))
       h = h + t[..., None, None, :]
-    h = self._conv('conv2')(nn.silu(norm('norm2')(h)))
+    h = self._pin_frames(h, sharding.MLP)
+    h = self._pin_frames(self._conv('conv2')(nn.silu(norm('norm2')(h))), None)
     if x.shape[-1] != self.out_channels:
       x = linear.conv1x1(self.out_channels, dtype=self.dtype, param_dtype=self.param_dtype,
                          name='conv_shortcut')(x)
@@ -111,9 +117,11 @@ class SpatioTemporalResBlock(nn.Module):
     bf, h, w, c = spatial.shape
     b = bf // num_frames
     spatial = spatial.reshape(b, num_frames, h, w, c)                # [BF, H, W, C] -> [B, F, H, W, C]
+    # Frames stay where the stream has them: the frame convolutions exchange boundary frames only.
+    spatial = sharding.constrain(spatial, sharding.VIDEO + (None, None, None))
     if temb is not None:
       temb = temb.reshape(b, num_frames, temb.shape[-1])             # [BF, T] -> [B, F, T]
     temporal = remat_call(ResnetBlock(self.out_channels, self.temporal_epsilon, temporal=True,
                                       name='temporal_res_block', **kw), spatial, temb, enabled=self.remat)
     out = AlphaBlender(self.switch, self.param_dtype, name='time_mixer')(spatial, temporal)
-    return out.reshape(bf, h, w, c)
+    return sharding.constrain(out, sharding.VIDEO + (None, None, None)).reshape(bf, h, w, c)

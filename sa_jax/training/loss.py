@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from sa_jax import diffusion
+from sa_jax import diffusion, sharding
 from sa_jax.models import vae
 from sa_jax.models.stable_animator import ModelConfigs, added_time_ids, clip_embedding, face_tokens, \
   pose_features, reference_posterior
@@ -119,6 +119,7 @@ def encode(params: Any, configs: ModelConfigs, batch: Batch, key: jax.Array, con
   posterior = vae.encode(params['vae'], configs.vae, pixels.reshape(b * f, height, width, 3), dtype=dtype)
   latents = posterior.sample(frames_key) * configs.vae.scaling_factor                   # [BF, h, w, 4]
   latents = latents.reshape((b, f) + latents.shape[1:])                                 # -> [B, F, h, w, 4]
+  latents = sharding.constrain(latents, sharding.VIDEO + (None, None, None))            # a device's frames
   tokens = clip_embedding(params, configs, batch.reference, image_mean, image_std, dtype)   # [B, 1, D]
   reference = reference_posterior(params, configs, batch.reference, config.noise_aug_strength,
                                   jax.random.split(reference_key, b), dtype).sample(posterior_key)

@@ -3,10 +3,12 @@
 The state is a plain dict (big_vision style), a pytree:
 
   step        int32 `[]`, the number of steps taken
-  params      the trainable parameters `{unet: <attentions only>, pose_net, face_encoder}`
+  params      the trained parameters `{unet: <attentions only>, pose_net, face_encoder}`, or with
+              LoRA the adapters (`lora.py`)
   opt_state   the optimiser state of `params`
   ema         (only with `ema_decay > 0`) an exponential moving average of `params`
-  frozen      the frozen parameters (VAE, CLIP, the rest of the UNet; not differentiated)
+  frozen      the frozen parameters (VAE, CLIP, the rest of the UNet; with LoRA every network
+              parameter), not differentiated
 
 `make_train_step` returns the pure step; jit, shardings and donation are applied where the loop
 is assembled (`trainer.py`). The step's key is `fold_in(key, step)`, so step n draws the same
@@ -22,6 +24,7 @@ import jax.numpy as jnp
 import optax
 
 from sa_jax.models.stable_animator import ModelConfigs, make_networks
+from sa_jax.training import lora as lora_lib
 from sa_jax.training import loss as loss_lib
 from sa_jax.training import optimizer as optimizer_lib
 
@@ -41,6 +44,7 @@ class StepConfig:
     remat: recompute UNet blocks in the backward pass (the reference's gradient checkpointing).
     dtype: compute dtype of the networks (the loss is float32 either way).
     image_mean, image_std: CLIP normalisation of the checkpoint.
+    lora: low-rank adapters (rank 0: full fine-tuning of the release's subset).
   """
   models: ModelConfigs
   loss: loss_lib.LossConfig
@@ -50,15 +54,45 @@ class StepConfig:
   dtype: Dtype
   image_mean: tuple[float, ...]
   image_std: tuple[float, ...]
+  lora: lora_lib.LoraConfig
 
 
-def init_state(params: dict[str, Any], tx: optax.GradientTransformation, ema_decay: float) -> State:
+def init_state(params: dict[str, Any], tx: optax.GradientTransformation, config: StepConfig) -> State:
   """The state at step 0 from a full `{network: params}` tree."""
-  trainable, frozen = optimizer_lib.partition(params)
+  if config.lora.enabled:
+    trainable, frozen = lora_lib.init_adapters(params, config.lora), params
+  else:
+    trainable, frozen = optimizer_lib.partition(params)
   state = dict(step=jnp.zeros((), jnp.int32), params=trainable, opt_state=tx.init(trainable), frozen=frozen)
-  if ema_decay > 0:
+  if config.ema_decay > 0:
     state['ema'] = jax.tree.map(jnp.copy, trainable)
   return state
+
+
+def full_params(trained: dict[str, Any], frozen: dict[str, Any], config: StepConfig) -> dict[str, Any]:
+  """The `{network: params}` tree the networks run with: the two halves merged, or the adapters
+  applied to the frozen kernels."""
+  if config.lora.enabled:
+    return lora_lib.apply(frozen, trained, config.lora)
+  return optimizer_lib.merge(trained, frozen)
+
+
+def make_batch_loss(config: StepConfig) -> Callable[..., tuple[jax.Array, tuple[loss_lib.Encoded, loss_lib.Draws]]]:
+  """`batch_loss(trained, frozen, batch, key) -> (loss, (inputs, draws))`: the loss a step
+  differentiates with respect to `trained` (the frozen networks encode the batch outside the
+  gradient), computed in `config.dtype` with float32 parameters and a float32 loss."""
+  networks = make_networks(config.models, config.dtype, remat=config.remat)
+
+  def batch_loss(trained, frozen, batch: loss_lib.Batch, key: jax.Array):
+    encode_key, draw_key = jax.random.split(key)
+    inputs = loss_lib.encode(frozen, config.models, batch, encode_key, config.loss, image_mean=config.image_mean,
+                             image_std=config.image_std, dtype=config.dtype)
+    draws = loss_lib.draw(draw_key, inputs.latents.shape)
+    value, _ = loss_lib.loss(full_params(trained, frozen, config), config.models, networks.unet, inputs, draws,
+                             config.loss, config.dtype)
+    return value, (inputs, draws)
+
+  return batch_loss
 
 
 def make_train_step(config: StepConfig) -> tuple[Callable[..., tuple[State, dict[str, jax.Array]]],
@@ -72,21 +106,12 @@ def make_train_step(config: StepConfig) -> tuple[Callable[..., tuple[State, dict
   """
   tx = optimizer_lib.make_optimizer(config.optimizer)
   schedule = optimizer_lib.learning_rate(config.optimizer)
-  networks = make_networks(config.models, config.dtype, remat=config.remat)
+  batch_loss = make_batch_loss(config)
 
   def train_step(state: State, batch: loss_lib.Batch, key: jax.Array):
     step_key = jax.random.fold_in(key, state['step'])
-    encode_key, draw_key = jax.random.split(step_key)
-    frozen = state['frozen']
-    inputs = loss_lib.encode(frozen, config.models, batch, encode_key, config.loss, image_mean=config.image_mean,
-                             image_std=config.image_std, dtype=config.dtype)
-    draws = loss_lib.draw(draw_key, inputs.latents.shape)
-
-    def objective(trainable):
-      params = optimizer_lib.merge(trainable, frozen)
-      return loss_lib.loss(params, config.models, networks.unet, inputs, draws, config.loss, config.dtype)
-
-    (value, _), grads = jax.value_and_grad(objective, has_aux=True)(state['params'])
+    (value, (inputs, draws)), grads = jax.value_and_grad(batch_loss, has_aux=True)(
+        state['params'], state['frozen'], batch, step_key)
     updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
     new = dict(state, params=optax.apply_updates(state['params'], updates), opt_state=opt_state)
     if 'ema' in state:

@@ -3,9 +3,9 @@
 `train(config, workdir)` runs `configs/train.py` settings to `config.num_steps`, resuming from the
 workdir's latest complete checkpoint. The pure step (`step.py`) is jitted here with NamedShardings
 from the logical rules for the state and the batch (`sharding.py`: parameters over `fsdp`, the
-batch over `data` x `fsdp`) and a donated state. Every process reads its own slice of the data
-and the global batch is assembled from the process-local pieces, so the same code runs on one CPU
-and on a multi-host pod.
+batch over `data` x `fsdp`, a video's frames over `context`) and a donated state. Every process
+reads its own slice of the data and the global batch is assembled from the process-local pieces,
+so the same code runs on one CPU and on a multi-host pod.
 """
 
 import dataclasses
@@ -31,6 +31,7 @@ from sa_jax.eval import clips as eval_clips
 from sa_jax.eval import metrics as eval_metrics
 from sa_jax.prep import frames as frame_io
 from sa_jax.training import checkpoints as run_checkpoints
+from sa_jax.training import lora as lora_lib
 from sa_jax.training import loss as loss_lib
 from sa_jax.training import optimizer as optimizer_lib
 from sa_jax.training import step as step_lib
@@ -73,10 +74,9 @@ def check_config(config: Any, workdir: str | os.PathLike) -> None:
   if not 0.0 <= config.ema_decay < 1.0:
     problems.append(f'ema_decay is {config.ema_decay}, expected 0 <= ema_decay < 1')
   if not config.data.roots:
-    problems.append('data.roots is empty: give clip folders, folders of clips or clip-list files')
-  for root in _roots(config):
-    if not os.path.exists(root):
-      problems.append(f'data root {root} does not exist')
+    problems.append('data.roots is empty: give clip folders, folders of clips, clip-list files or packed '
+                    'datasets (sa-pack-clips)')
+  problems += clips.check_roots(_roots(config))
   if config.model.init:
     if not os.path.isfile(os.path.join(config.model.init, checkpoint.CONFIG)):
       problems.append(f'model.init {config.model.init} is not an sa-jax checkpoint (no {checkpoint.CONFIG}; '
@@ -96,7 +96,8 @@ def check_config(config: Any, workdir: str | os.PathLike) -> None:
     problems.append(f'workdir {workdir} exists and is not a folder')
   if problems:
     raise ValueError('; '.join(problems))
-  multiple = size_multiple(model_config(config).models)
+  models = model_config(config).models
+  multiple = size_multiple(models)
   for side in ('width', 'height'):
     value = config.data[side]
     if value < multiple or value % multiple:
@@ -104,9 +105,14 @@ def check_config(config: Any, workdir: str | os.PathLike) -> None:
   if problems:
     raise ValueError('; '.join(problems))
   optimizer_lib.OptimizerConfig.from_config(config.optimizer)
+  lora = lora_lib.LoraConfig.from_config(config.lora, config.seed)
+  if lora.enabled:
+    lora_lib.target_paths(models.abstract_params(), lora)
   sharding.rules_from_config(config.mesh.rules)
-  if config.mesh.shape:
-    sharding.parse_mesh_shape(config.mesh.shape)
+  context = sharding.parse_mesh_shape(config.mesh.shape).get(sharding.CONTEXT, 1) if config.mesh.shape else 1
+  if context > 1 and config.data.num_frames % context:
+    raise ValueError(f'data.num_frames {config.data.num_frames} does not split over mesh axis context={context}; '
+                     'expected a multiple of it')
   # A lower bound of one saved step: the frozen networks and the trained ones at least once.
   init_bytes = _folder_bytes(Path(config.model.init) / checkpoint.PARAMS) if config.model.init else 0
   outputs.check_space(workdir, init_bytes, 'the training checkpoints')
@@ -124,7 +130,8 @@ def step_config(config: Any, ckpt: checkpoint.CheckpointConfig) -> step_lib.Step
   return step_lib.StepConfig(
       models=ckpt.models, loss=loss_lib.LossConfig.from_config(config.loss),
       optimizer=optimizer_lib.OptimizerConfig.from_config(config.optimizer), ema_decay=float(config.ema_decay),
-      remat=bool(config.remat), dtype=DTYPES[config.dtype], image_mean=ckpt.image_mean, image_std=ckpt.image_std)
+      remat=bool(config.remat), dtype=DTYPES[config.dtype], image_mean=ckpt.image_mean, image_std=ckpt.image_std,
+      lora=lora_lib.LoraConfig.from_config(config.lora, config.seed % 2**32))
 
 
 def data_config(config: Any) -> clips.DataConfig:
@@ -146,6 +153,7 @@ class Assembly:
     abstract_state: `jax.ShapeDtypeStruct` per state leaf, with its sharding (restore target).
     train_step: the jitted step `(state, batch, key) -> (state, metrics)`, state donated.
     tx: the optimiser.
+    step_config: what the step computes with.
   """
   mesh: Mesh
   state_shardings: Any
@@ -153,6 +161,7 @@ class Assembly:
   abstract_state: Any
   train_step: Any
   tx: Any
+  step_config: step_lib.StepConfig
 
 
 def make_mesh(config: Any) -> Mesh:
@@ -162,21 +171,29 @@ def make_mesh(config: Any) -> Mesh:
 def assemble(step_config: step_lib.StepConfig, mesh: Mesh, rules: Any) -> Assembly:
   """Shardings from the logical axes of the boxed abstract state, and the jitted step."""
   train_step, tx = step_lib.make_train_step(step_config)
-  boxed_state = jax.eval_shape(lambda p: step_lib.init_state(p, tx, step_config.ema_decay),
+  boxed_state = jax.eval_shape(lambda p: step_lib.init_state(p, tx, step_config),
                                step_config.models.abstract_params(jnp.float32))
   state_shardings = sharding.param_shardings(boxed_state, mesh, rules)
   abstract_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                                 nn.unbox(boxed_state), state_shardings)
-  batch_shardings = loss_lib.Batch(*(sharding.batch_sharding(mesh, ndim, rules) for ndim in (5, 5, 5, 4, 2, 1)))
+  videos = [sharding.video_sharding(mesh, 5, rules)] * 3                    # frames, poses, face_masks
+  batch_shardings = loss_lib.Batch(*videos, *(sharding.batch_sharding(mesh, ndim, rules) for ndim in (4, 2, 1)))
   replicated = NamedSharding(mesh, PartitionSpec())
-  jitted = jax.jit(train_step, in_shardings=(state_shardings, batch_shardings, replicated),
+
+  def step_on_mesh(state, batch, key):
+    # The activations' logical names (`nn.with_logical_constraint`) resolve while tracing.
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nn.logical_axis_rules(rules):
+      return train_step(state, batch, key)
+
+  jitted = jax.jit(step_on_mesh, in_shardings=(state_shardings, batch_shardings, replicated),
                    out_shardings=(state_shardings, replicated), donate_argnums=0)
-  return Assembly(mesh, state_shardings, batch_shardings, abstract_state, jitted, tx)
+  return Assembly(mesh, state_shardings, batch_shardings, abstract_state, jitted, tx, step_config)
 
 
-def initial_state(assembly: Assembly, params: dict[str, Any], ema_decay: float) -> dict[str, Any]:
+def initial_state(assembly: Assembly, params: dict[str, Any]) -> dict[str, Any]:
   """Step-0 state from full params (host or device arrays), placed in the state shardings."""
-  init = jax.jit(lambda p: step_lib.init_state(p, assembly.tx, ema_decay), out_shardings=assembly.state_shardings)
+  init = jax.jit(lambda p: step_lib.init_state(p, assembly.tx, assembly.step_config),
+                 out_shardings=assembly.state_shardings)
   return init(params)
 
 
@@ -196,7 +213,9 @@ def abstract_batch(config: Any, shardings: loss_lib.Batch, global_batch_size: in
 
 
 def global_batch_size(config: Any, mesh: Mesh) -> int:
-  return config.data.per_device_batch_size * mesh.devices.size
+  """Videos per step: `per_device_batch_size` per device, the `context` devices that share a video's
+  frames counting as one."""
+  return config.data.per_device_batch_size * mesh.devices.size // mesh.shape[sharding.CONTEXT]
 
 
 def memory_estimate(config: Any, models: Any) -> dict[str, float]:
@@ -241,9 +260,10 @@ def load_model(config: Any) -> dict[str, Any]:
   return params
 
 
-def trained_params(state: dict[str, Any], ema: bool = False) -> dict[str, Any]:
-  """The full parameter tree of a state (with the EMA of the trained parameters if asked)."""
-  return optimizer_lib.merge(state['ema'] if ema else state['params'], state['frozen'])
+def trained_params(state: dict[str, Any], config: step_lib.StepConfig, ema: bool = False) -> dict[str, Any]:
+  """The full parameter tree of a state (with the EMA of the trained parameters if asked; LoRA
+  adapters merged into their kernels)."""
+  return step_lib.full_params(state['ema'] if ema else state['params'], state['frozen'], config)
 
 
 # ------------------------------------------------------------------------------------ validation
@@ -287,7 +307,7 @@ def validate(state: dict[str, Any], ckpt: checkpoint.CheckpointConfig, config: A
              step: int, workdir: str, writer: MetricWriter) -> Path:
   """Samples the validation case with the current parameters into `workdir/validation/step_<n>.mp4`,
   with its scores against the case's ground truth where it has one (`validation_scores`)."""
-  params = jax.device_get(trained_params(state, ema='ema' in state))
+  params = jax.device_get(trained_params(state, step_config(config, ckpt), ema='ema' in state))
   frames, _, _ = animate.animate(params, ckpt, inputs, validation_run(config))
   out = Path(workdir) / 'validation' / f'step_{step:06d}.mp4'
   animate.write_outputs(frames, out, config.loss.fps, overwrite=True)
@@ -355,7 +375,7 @@ def train(config: Any, workdir: str | os.PathLike, *, progress: bool = True) -> 
   try:
     if start is None:
       params = load_model(config)
-      state = initial_state(assembly, params, config.ema_decay)
+      state = initial_state(assembly, params)
       del params
       manager.save_frozen(state['frozen'])   # replaces what an attempt without a checkpoint left
       writer.truncate_after(0)      # lines of an earlier attempt that never reached a checkpoint
@@ -378,8 +398,8 @@ def train(config: Any, workdir: str | os.PathLike, *, progress: bool = True) -> 
 
 # Settings a resumed run must share with the run it continues (num_steps, logging, checkpointing
 # and the mesh may change as long as the process count and the global batch stay).
-RESUME_FIXED = ('seed', 'dtype', 'remat', 'ema_decay', 'model', 'loss', 'optimizer', 'data.roots', 'data.width',
-                'data.height', 'data.num_frames', 'data.stride', 'data.worker_count', 'model_config',
+RESUME_FIXED = ('seed', 'dtype', 'remat', 'ema_decay', 'model', 'loss', 'optimizer', 'lora', 'data.roots',
+                'data.width', 'data.height', 'data.num_frames', 'data.stride', 'data.worker_count', 'model_config',
                 'runtime.process_count', 'runtime.global_batch_size')
 
 
@@ -460,6 +480,6 @@ def exported_params(workdir: str | os.PathLike, step: int | None = None, ema: bo
     ckpt = checkpoint.CheckpointConfig.from_json(saved['model_config'])
     mesh = sharding.make_mesh({'fsdp': -1})
     assembly = assemble(step_config(config, ckpt), mesh, sharding.rules_from_config(config.mesh.rules))
-    return jax.device_get(trained_params(manager.restore(step, assembly.abstract_state), ema))
+    return jax.device_get(trained_params(manager.restore(step, assembly.abstract_state), assembly.step_config, ema))
   finally:
     manager.close()

@@ -1,9 +1,10 @@
 """The assembled trainer: sharded step vs one device, FSDP really splitting the state, kill and
 resume, two processes vs one, the NaN stop, export to the release files, and sa-train's errors.
 
-The model is a micro variant of the tiny config (two UNet levels, one layer per block) with seeded
-random weights, written as an sa-jax checkpoint: the step compiles in ~30 s on two cores. The runs
-that cross a process boundary (kill, resume, jax.distributed) share a compilation cache.
+The model is the session's micro model (tests/micro_model.py: the tiny config cut to one UNet level,
+one layer per block) with seeded random weights, written as an sa-jax checkpoint: the step compiles
+in ~25 s on two cores. The runs that cross a process boundary (kill, resume, jax.distributed) share
+a compilation cache.
 """
 
 import json
@@ -26,9 +27,7 @@ from configs import svd_xt
 from configs import train as train_configs
 from sa_jax import animate, checkpoint, diffusion, sharding
 from sa_jax.data import clips, synthetic
-from sa_jax.models import random_init
-from sa_jax.models.stable_animator import BY_NAME, ModelConfigs
-from sa_jax.training import loss as loss_lib
+from sa_jax.models.stable_animator import ModelConfigs
 from sa_jax.training import optimizer, trainer
 from tools import train as train_tool
 
@@ -38,27 +37,9 @@ RUN_SIZE = 64   # the subprocess runs also make a validation video, which sa-ani
 LEARNING_RATE = 1e-4
 
 
-def micro_models() -> ModelConfigs:
-  sections = svd_xt.get_config('tiny').to_dict()
-  sections.pop('face_embedder')
-  unet = sections['unet']
-  unet.update(block_out_channels=[32, 32], num_attention_heads=[1, 2], layers_per_block=1,
-              down_block_types=['CrossAttnDownBlockSpatioTemporal', 'DownBlockSpatioTemporal'],
-              up_block_types=['UpBlockSpatioTemporal', 'CrossAttnUpBlockSpatioTemporal'])
-  sections['vae']['layers_per_block'] = 1
-  sections['image_encoder']['num_hidden_layers'] = 1
-  sections['face_encoder']['perceiver_depth'] = 1
-  return ModelConfigs.from_dict(sections)
-
-
 @pytest.fixture(scope='module')
-def init_dir(tmp_path_factory):
-  models = micro_models()
-  params = {name: random_init.random_params(BY_NAME[name].abstract_params(getattr(models, name)), 7 + i)
-            for i, name in enumerate(models.names)}
-  out = tmp_path_factory.mktemp('micro') / 'ckpt'
-  checkpoint.save(out, params, checkpoint.CheckpointConfig(models=models, scheduler=diffusion.ScheduleConfig()))
-  return out
+def init_dir(micro_checkpoint):
+  return micro_checkpoint
 
 
 @pytest.fixture(scope='module')
@@ -94,67 +75,84 @@ def _first_batch(config, batch_size):
 
 # --------------------------------------------------------------------------- in-process: sharding
 
+# The sharded runs of the step and their devices: data x fsdp x context on all 8, and context alone
+# on 2 (its 4 videos per batch shard take the re-splitting path of docs/training.md).
+MESHES = (('mesh', {'data': 2, 'fsdp': 2, 'context': 2}, 8), ('context', {'context': 2}, 2))
+SHARDED_FRAMES = 4   # two per device on the context axis: a halo on each side of the inner frames
+
+
 def test_sharded_step_equals_one_device_and_fsdp_splits_the_state(init_dir, clip_root):
-  config = run_config(init_dir, clip_root)
+  config = run_config(init_dir, clip_root, data__num_frames=SHARDED_FRAMES)
   ckpt = trainer.model_config(config)
   step_config = trainer.step_config(config, ckpt)
   params, _ = checkpoint.load(init_dir)
-  batch = _first_batch(config, 8)
+  batch = _first_batch(config, 4)   # one video per data x fsdp shard
   key = jax.random.key(config.seed)
-  results, compiled = {}, {}
-  for name, shape, devices in (('one', {}, jax.devices()[:1]), ('mesh', {'data': 2, 'fsdp': 4}, jax.devices())):
-    mesh = sharding.make_mesh(shape, devices)
-    assembly = trainer.assemble(step_config, mesh, sharding.LOGICAL_RULES)
-    state = trainer.initial_state(assembly, params, 0.0)
-    global_batch = trainer.global_batch(batch, assembly.batch_shardings)
+  results, compiled, assemblies, batches = {}, {}, {}, {}
+  for name, shape, count in (('one', {}, 1),) + MESHES:
+    mesh = sharding.make_mesh(shape, jax.devices()[:count])
+    assembly = assemblies[name] = trainer.assemble(step_config, mesh, sharding.LOGICAL_RULES)
+    state = trainer.initial_state(assembly, params)
+    global_batch = batches[name] = trainer.global_batch(batch, assembly.batch_shardings)
     compiled[name] = assembly.train_step.lower(state, global_batch, key).compile()
     results[name] = compiled[name](state, global_batch, key)
-  (one_state, one_metrics), (mesh_state, mesh_metrics) = results['one'], results['mesh']
+  one_state, one_metrics = results['one']
 
   # The forward and backward differ only in reduction order and partitioning. A float32 sum of n
   # terms reordered differs by at most ~n EPS32 of the sum of magnitudes (EPS32 = 1.2e-7); the
   # loss and the norms are means/sums of positive terms, and the longest reduction here (a
-  # 32-channel GroupNorm over a 4x4 map, a few hundred terms per row) gives a few 1e-6 relative:
-  # 1e-5 relative.
-  for name in ('loss', 'grad_norm', 'grad_norm/unet', 'grad_norm/pose_net', 'grad_norm/face_encoder'):
-    np.testing.assert_allclose(mesh_metrics[name], one_metrics[name], rtol=1e-5, err_msg=name)
+  # 32-channel GroupNorm over 4 frames of a 4x4 map, a few hundred terms per row) gives a few 1e-6
+  # relative: 1e-5 relative.
   # One AdamW step moves each parameter by lr * m / (sqrt(v) + eps) + lr * wd * p, at most
   # about lr (|m / sqrt(v)| <= 1 on the first step) plus the decay; a rounding-level gradient
   # difference can flip the sign of a tiny gradient's update, so elementwise the two differ by
   # at most 2 lr (1 + wd |p|).
   wd = config.optimizer.weight_decay
-  for path, a in traverse_util.flatten_dict(one_state['params']).items():
-    b = traverse_util.flatten_dict(mesh_state['params'])[path]
-    bound = 2 * LEARNING_RATE * (1 + wd * np.abs(np.asarray(a))) + 1e-7 * np.abs(np.asarray(a))
-    assert np.all(np.abs(np.asarray(a) - np.asarray(b)) <= bound), '/'.join(path)
-
-  # The frozen parameters come back from the step bit for bit (they are not differentiated).
   _, frozen = optimizer.partition(params)
-  for (path, want), got in zip(jax.tree_util.tree_flatten_with_path(frozen)[0],
-                               jax.tree.leaves(jax.device_get(mesh_state['frozen']))):
-    np.testing.assert_array_equal(got, want, err_msg=jax.tree_util.keystr(path))
+  for mesh_name, _, _ in MESHES:
+    mesh_state, mesh_metrics = results[mesh_name]
+    for name in ('loss', 'grad_norm', 'grad_norm/unet', 'grad_norm/pose_net', 'grad_norm/face_encoder'):
+      np.testing.assert_allclose(mesh_metrics[name], one_metrics[name], rtol=1e-5, err_msg=f'{mesh_name}: {name}')
+    for path, a in traverse_util.flatten_dict(one_state['params']).items():
+      b = traverse_util.flatten_dict(mesh_state['params'])[path]
+      bound = 2 * LEARNING_RATE * (1 + wd * np.abs(np.asarray(a))) + 1e-7 * np.abs(np.asarray(a))
+      assert np.all(np.abs(np.asarray(a) - np.asarray(b)) <= bound), f'{mesh_name}: {"/".join(path)}'
+    # The frozen parameters come back from the step bit for bit (they are not differentiated).
+    for (path, want), got in zip(jax.tree_util.tree_flatten_with_path(frozen)[0],
+                                 jax.tree.leaves(jax.device_get(mesh_state['frozen']))):
+      np.testing.assert_array_equal(got, want, err_msg=f'{mesh_name}: {jax.tree_util.keystr(path)}')
+    # Context: each device holds half of every video's frames (and the videos of its batch shard).
+    for field in ('frames', 'poses', 'face_masks'):
+      shards = getattr(batches[mesh_name], field).addressable_shards
+      assert {s.data.shape[1] for s in shards} == {SHARDED_FRAMES // 2}, (mesh_name, field)
 
-  # FSDP: the parameters and optimiser moments live in quarters on the fsdp axis.
+  # FSDP: the parameters and optimiser moments live in halves on the fsdp axis.
+  mesh_state = results['mesh'][0]
   device = jax.devices()[0]
-  leaves = jax.tree.leaves(mesh_state)
-  total = sum(x.nbytes for x in leaves)
-  on_device = sum(s.data.nbytes for x in leaves for s in x.addressable_shards if s.device == device)
-  assert 0.24 < on_device / total < 0.3, f'{on_device / total:.3f} of the state on one device'
-  unsplit = [x for x in leaves if x.size > 1024 and x.sharding.shard_shape(x.shape) == x.shape]
+  on_device = lambda tree: sum(s.data.nbytes for x in jax.tree.leaves(tree) for s in x.addressable_shards
+                               if s.device == device)
+  total = sum(x.nbytes for x in jax.tree.leaves(mesh_state))
+  assert 0.49 < on_device(mesh_state) / total < 0.55, f'{on_device(mesh_state) / total:.3f} of the state on one device'
+  unsplit = [x for x in jax.tree.leaves(mesh_state) if x.size > 1024 and x.sharding.shard_shape(x.shape) == x.shape]
   assert not unsplit, f'{len(unsplit)} large state arrays are replicated'
   # XLA's estimate sees the same split: its per-device arguments are this device's state plus its
   # slice of the batch (and the key), and the donated state is aliased to the output.
   memory = trainer.memory_gib(compiled['mesh'])
-  batch_bytes = sum(np.asarray(batch[name]).nbytes for name in loss_lib.Batch._fields) / 8
-  np.testing.assert_allclose(memory['argument'] * 2 ** 30, on_device + batch_bytes, rtol=0.02)
-  assert memory['alias'] * 2 ** 30 >= 0.9 * on_device and memory['total'] > memory['argument']
+  np.testing.assert_allclose(memory['argument'] * 2 ** 30, on_device(mesh_state) + on_device(batches['mesh']),
+                             rtol=0.02)
+  assert memory['alias'] * 2 ** 30 >= 0.9 * on_device(mesh_state) and memory['total'] > memory['argument']
+  # Context alone splits the activations, not the gradients (parameters are replicated on that
+  # mesh): the temporaries of context=2 are at most the gradients plus half of the rest of one
+  # device's, with a tenth of that for XLA's buffer placement.
+  temp = {name: trainer.memory_gib(compiled[name])['temp'] * 2 ** 30 for name in ('one', 'context')}
+  grads = sum(x.nbytes for x in jax.tree.leaves(one_state['params']))
+  assert temp['context'] <= 1.1 * (grads + (temp['one'] - grads) / 2), (temp, grads)
 
   # A batch without a valid video changes nothing but the step count.
-  assembly_one = trainer.assemble(step_config, sharding.make_mesh({}, jax.devices()[:1]), sharding.LOGICAL_RULES)
   before = jax.device_get(one_state)
   invalid = dict(batch, valid=np.zeros_like(batch['valid']))
-  after, metrics = compiled['one'](one_state, trainer.global_batch(invalid, assembly_one.batch_shardings), key)
-  assert int(after['step']) == int(before['step']) + 1 and float(metrics['skipped_videos']) == 8
+  after, metrics = compiled['one'](one_state, trainer.global_batch(invalid, assemblies['one'].batch_shardings), key)
+  assert int(after['step']) == int(before['step']) + 1 and float(metrics['skipped_videos']) == 4
   for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(before['params'])[0],
                           jax.tree.leaves(jax.device_get(after['params']))):
     np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
@@ -316,9 +314,11 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, init
     (['--config.optimizer.lerning_rate=1'], 'lerning_rate'),
     (['--config.data.roots=/nonexistent/clips'], 'data root /nonexistent/clips does not exist'),
     (['--config.model.init=/nonexistent'], 'model.init /nonexistent is not an sa-jax checkpoint'),
-    (['--config.data.width=40'], 'data.width is 40, expected a positive multiple of'),
+    (['--config.data.width=36'], 'data.width is 36, expected a positive multiple of'),
     (['--config.dtype=float16'], "dtype 'float16'"),
-], ids=['unknown-field', 'roots', 'init', 'size', 'dtype'])
+    (['--config.data.num_frames=3', '--config.mesh.shape=context=2,fsdp=-1'], 'does not split over mesh axis context=2'),
+    (['--config.lora.rank=4', '--config.lora.targets=to_qq'], "lora.targets ['to_qq'] name no projection"),
+], ids=['unknown-field', 'roots', 'init', 'size', 'dtype', 'context', 'lora'])
 def test_cli_errors_are_one_line(tmp_path, init_dir, clip_root, capsys, argv, message):
   base = ['--config', f'{REPO}/configs/train.py:tiny', f'--workdir={tmp_path / "w"}',
           f'--config.model.init={init_dir}', f'--config.data.roots={clip_root}']
