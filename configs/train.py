@@ -50,7 +50,8 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
       demo=tiny,                    # without init: the tiny demo model with seeded random weights
   )
   config.data = dict(
-      roots='',                     # comma-separated clip folders, folders of clips, clip lists, packed datasets
+      roots='',                     # comma-separated clip folders, folders of clips, clip lists, packed datasets;
+                                    # 'WxH:path' reads path at W x H (one size per step, interleaved)
       width=64 if tiny else 512,    # training size, multiples of 64
       height=64 if tiny else 512,
       num_frames=4 if tiny else 16,   # frames per sample

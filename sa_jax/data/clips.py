@@ -19,6 +19,12 @@ Records are numbered along one global stream and the rng is keyed on that number
 the same whatever the worker or process count; with P processes, process p takes blocks p, p + P,
 ..., i.e. rows p B .. (p + 1) B - 1 of each global batch of P B.
 
+Training sizes (the original's `rec` 512x512 and `vec` 576x1024 loaders): a root written `WxH:path`
+is read at W x H, the others at the config's own size. With several sizes (`buckets`) each is a
+pipeline of its own as above, and every epoch interleaves all their global batches in a random
+order (one size per step, as the original's epochs do): bucket k gives ceil(clips_k / (P B)) batches
+an epoch, and global step s maps to a batch of one bucket by a permutation drawn from (seed, epoch).
+
 Elements stay uint8 here; the trainer normalises on device: frames, poses and reference `/127.5 - 1`,
 face masks `/255` (SPEC §5).
 
@@ -31,6 +37,8 @@ import bisect
 import dataclasses
 import logging
 import os
+import re
+import sys
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -44,6 +52,7 @@ from sa_jax.data.clip_files import (EMBEDDING_DIM, Clip, ClipError, FolderClip, 
 
 logger = logging.getLogger(__name__)
 
+_SIZED_ROOT = re.compile(r'([1-9][0-9]*)x([1-9][0-9]*):(.+)')   # WxH:path
 _REPORTED: set[str] = set()  # bad clips (`label`s) this process has warned about
 _REPORTED_LOCK = threading.Lock()
 
@@ -81,6 +90,23 @@ class DataConfig:
         raise ValueError(f'DataConfig.{name} is {getattr(self, name)}, expected >= 1')
     if not 0 <= self.seed < 2**32:
       raise ValueError(f'DataConfig.seed is {self.seed}, expected 0 <= seed < 2**32')
+
+
+def split_root(root: str) -> tuple[tuple[int, int] | None, str]:
+  """`'576x1024:clips/'` -> `((576, 1024), 'clips/')`; a root without a size -> `(None, root)`."""
+  sized = _SIZED_ROOT.fullmatch(root)
+  return ((int(sized[1]), int(sized[2])), sized[3]) if sized else (None, root)
+
+
+def buckets(config: DataConfig) -> tuple[DataConfig, ...]:
+  """One config per training size, in the order the sizes first appear in `config.roots`, each with
+  its own roots (without their `WxH:`) and the seed `config.seed + k` (the first is `config.seed`)."""
+  roots: dict[tuple[int, int], list[str]] = {}
+  for root in config.roots:
+    size, path = split_root(root)
+    roots.setdefault(size or (config.width, config.height), []).append(path)
+  return tuple(dataclasses.replace(config, roots=tuple(paths), width=w, height=h, seed=(config.seed + k) % 2**32)
+               for k, ((w, h), paths) in enumerate(roots.items()))
 
 
 def sample_frames(length: int, num_frames: int, stride: int,
@@ -195,6 +221,7 @@ def check_roots(roots: Sequence[str | os.PathLike]) -> list[str]:
   datasets that do not open."""
   problems = []
   for root in roots:
+    root = split_root(os.fspath(root))[1]
     if not os.path.exists(root):
       problems.append(f'data root {root} does not exist')
     elif packed.is_packed(root):
@@ -237,24 +264,24 @@ def make_loader(config: DataConfig, *, batch_size: int, shard_index: int = 0, sh
   """The training batches of this process (pipeline in the module docstring).
 
   Args:
-    config: the clips and their sampling.
+    config: the clips and their sampling; roots written `WxH:path` make buckets of their own size.
     batch_size: B, elements per batch of this process; an incomplete last batch is dropped.
     shard_index, shard_count: this process and the process count (`jax.process_index()`,
       `jax.process_count()`); process p takes blocks p, p + P, ... of B elements of the stream.
     worker_count: worker processes (0: read in this process). Batches do not depend on it.
-    num_epochs: passes over the clips (None: endless). With a count, every process gets the same
-      number of batches (up to P B - 1 elements at the end of the stream are dropped).
+    num_epochs: passes over the clips (None: endless; several sizes need None). With a count, every
+      process gets the same number of batches (up to P B - 1 elements at the end are dropped).
     shuffle: shuffle the clips by `config.seed`, in a new order each epoch.
     read_threads: threads reading elements in each process (0: none).
     worker_buffer_size: elements each worker prepares ahead.
 
   Returns:
-    an IterDataset of batches (the `SampleClip` element with a leading [B] axis). `it = iter(loader)`
-    is a `grain.DatasetIterator`: `it.get_state()` gives a JSON-able dict and `it.set_state(state)` on a
-    fresh iterator of the same loader (same config, arguments and worker count) resumes with exactly
-    the batches that would have come next. In an orbax CheckpointManager use `save_args(it)` /
-    `restore_args(it)` as one item of `ocp.args.Composite`. Close an iterator with worker processes
-    with `it.close()`.
+    an IterDataset of batches (the `SampleClip` element with a leading [B] axis; with several sizes
+    each batch is of one). `it = iter(loader)` is a `grain.DatasetIterator`: `it.get_state()` gives a
+    JSON-able dict and `it.set_state(state)` on a fresh iterator of the same loader (same config,
+    arguments and worker count) resumes with exactly the batches that would have come next. In an
+    orbax CheckpointManager use `save_args(it)` / `restore_args(it)` as one item of
+    `ocp.args.Composite`. Close an iterator with worker processes with `it.close()`.
   """
   if batch_size < 1:
     raise ValueError(f'batch_size is {batch_size}, expected >= 1')
@@ -262,28 +289,87 @@ def make_loader(config: DataConfig, *, batch_size: int, shard_index: int = 0, sh
     raise ValueError(f'shard_index {shard_index} is not in 0..{shard_count - 1} (shard_count {shard_count})')
   if worker_count < 0 or read_threads < 0:
     raise ValueError(f'worker_count {worker_count} and read_threads {read_threads} must be >= 0')
-  source = clip_source(config.roots)
-  ds = grain.MapDataset.source(source).seed(config.seed)
-  if shuffle:
-    ds = ds.shuffle()
-  ds = ds.repeat(num_epochs).random_map(SampleClip(config))
+  sizes = buckets(config)
+  if len(sizes) > 1 and num_epochs is not None:
+    raise ValueError(f'num_epochs {num_epochs} with {len(sizes)} training sizes; several sizes interleave '
+                     'endlessly (num_epochs None)')
   # Blocks of B consecutive elements; process p takes blocks p, p + P, ...: its rows of each global
   # batch of P x B, so the global batch (process-major, as `jax.make_array_from_process_local_data`
   # assembles it) is the same for any process count. Batches are fixed before the workers, so they
   # do not depend on worker_count either.
-  ds = ds.batch(batch_size, drop_remainder=True)
-  if num_epochs is not None:
-    ds = ds[:len(ds) // shard_count * shard_count]  # the same batch count on every process
-  ds = ds[shard_index::shard_count]
-  if len(ds) == 0:
-    raise ValueError(f'{len(source)} clips x {num_epochs} epochs leave no batch of {batch_size} for '
-                     f'{shard_count} processes')
+  sources = [clip_source(bucket.roots) for bucket in sizes]
+  blocks = [_blocks(bucket, source, batch_size, num_epochs, shuffle) for bucket, source in zip(sizes, sources)]
+  if len(sizes) == 1:
+    ds = blocks[0]
+    if num_epochs is not None:
+      ds = ds[:len(ds) // shard_count * shard_count]  # the same batch count on every process
+    ds = ds[shard_index::shard_count]
+    if len(ds) == 0:
+      raise ValueError(f'{len(sources[0])} clips x {num_epochs} epochs leave no batch of {batch_size} for '
+                       f'{shard_count} processes')
+  else:
+    per_epoch = [-(-len(source) // (batch_size * shard_count)) for source in sources]
+    ds = InterleavedBuckets(blocks, per_epoch, config.seed, shard_index, shard_count)
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=max(2, read_threads)))
   if worker_count > 0:
     _mark_flags_parsed()
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count,
                                                      per_worker_buffer_size=worker_buffer_size))
   return ds
+
+
+def _blocks(config: DataConfig, source: ClipSource, batch_size: int, num_epochs: int | None, shuffle: bool
+            ) -> grain.MapDataset:
+  """The clips of one size, sampled, in blocks of `batch_size` (all processes' blocks)."""
+  ds = grain.MapDataset.source(source).seed(config.seed)
+  if shuffle:
+    ds = ds.shuffle()
+  return ds.repeat(num_epochs).random_map(SampleClip(config)).batch(batch_size, drop_remainder=True)
+
+
+class InterleavedBuckets(grain.MapDataset):
+  """Endless global steps over several buckets' blocks, one bucket per step (module docstring).
+
+  Step s of epoch e = s // N (N = sum of `per_epoch`) is position j = s % N of a permutation of
+  `per_epoch[k]` copies of each bucket k drawn from (seed, e); it reads bucket k's global batch
+  `e per_epoch[k] + (earlier positions of k in the permutation)`, this process's block of it.
+  """
+
+  def __init__(self, blocks: Sequence[grain.MapDataset], per_epoch: Sequence[int], seed: int, shard_index: int,
+               shard_count: int):
+    super().__init__(blocks)
+    self._per_epoch = tuple(per_epoch)
+    self._seed = seed
+    self._shard = (shard_index, shard_count)
+    self._orders: dict[int, np.ndarray] = {}
+
+  def __len__(self) -> int:
+    return sys.maxsize
+
+  def _order(self, epoch: int) -> np.ndarray:
+    """`[N]` bucket of each step of the epoch, with `[N]` the number of earlier steps of that bucket."""
+    order = self._orders.get(epoch)
+    if order is None:
+      buckets_of_steps = np.random.default_rng([self._seed, epoch]).permutation(
+          np.repeat(np.arange(len(self._per_epoch)), self._per_epoch))
+      earlier = np.zeros_like(buckets_of_steps)
+      for k in range(len(self._per_epoch)):
+        mine = buckets_of_steps == k
+        earlier[mine] = np.arange(mine.sum())
+      order = np.stack([buckets_of_steps, earlier])
+      self._orders = {epoch: order}   # the latest epoch only (reading threads share it)
+    return order
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    epoch, position = divmod(index, sum(self._per_epoch))
+    bucket, earlier = (int(v) for v in self._order(epoch)[:, position])
+    shard_index, shard_count = self._shard
+    return self._parents[bucket][(epoch * self._per_epoch[bucket] + earlier) * shard_count + shard_index]
+
+  def __str__(self) -> str:
+    return f'InterleavedBuckets(per_epoch={self._per_epoch})'
 
 
 def save_args(iterator: grain.DatasetIterator) -> Any:

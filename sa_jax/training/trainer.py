@@ -102,6 +102,10 @@ def check_config(config: Any, workdir: str | os.PathLike) -> None:
     value = config.data[side]
     if value < multiple or value % multiple:
       problems.append(f'data.{side} is {value}, expected a positive multiple of {multiple}')
+  for root in _roots(config):
+    size, path = clips.split_root(root)
+    if size and any(side % multiple for side in size):
+      problems.append(f'data root {root}: size {size[0]}x{size[1]}, expected multiples of {multiple}')
   if problems:
     raise ValueError('; '.join(problems))
   optimizer_lib.OptimizerConfig.from_config(config.optimizer)

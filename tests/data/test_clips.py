@@ -287,6 +287,45 @@ def test_config_and_loader_checks(root):
     clips.make_loader(_config(root), batch_size=1, num_epochs=1, shard_count=9)
 
 
+def test_sizes_interleave_one_per_step_each_epoch(root, tmp_path):
+  """Roots written WxH:path are buckets of their size; each epoch interleaves all batches of every
+  bucket in a seeded random order, one size per step; the state resumes and processes agree."""
+  other = tmp_path / 'wide'
+  synthetic.write_clips(other, 3, num_frames=LENGTH, width=48, height=24, seed=1)
+  config = _config(root, f'64x32:{other}')
+  assert [(b.width, b.height, b.roots, b.seed) for b in clips.buckets(config)] == [
+      (SIZE, SIZE, (str(root),), 0), (64, 32, (str(other),), 1)]
+  # Global batches of 2: ceil(8 / 2) = 4 square and ceil(3 / 2) = 2 wide batches an epoch.
+  steps = _batches(clips.make_loader(config, batch_size=2), 18)
+  shapes = [b['frames'].shape[2:4] for b in steps]
+  assert set(shapes) == {(SIZE, SIZE), (32, 64)}
+  epochs = [shapes[i:i + 6] for i in range(0, 18, 6)]
+  assert all(e.count((32, 64)) == 2 and e.count((SIZE, SIZE)) == 4 for e in epochs)
+  assert len({tuple(e) for e in epochs}) > 1, 'a new interleaving each epoch'
+  # Each bucket's own stream goes on across epochs: the wide clips, 3 an epoch of that bucket.
+  wide = [int(c) for b in steps if b['frames'].shape[3] == 64 for c in b['clip']]
+  assert all(sorted(wide[i:i + 3]) == [0, 1, 2] for i in range(0, 12 - 3, 3))
+  # Process p's rows of each global batch, whatever the process count.
+  parts = [_batches(clips.make_loader(config, batch_size=1, shard_index=i, shard_count=2), 18) for i in range(2)]
+  for g, p0, p1 in zip(steps, *parts):
+    for name in g:
+      np.testing.assert_array_equal(g[name], np.concatenate([p0[name], p1[name]]), err_msg=name)
+  # The position resumes exactly.
+  loader = clips.make_loader(config, batch_size=2)
+  it = iter(loader)
+  for _ in range(5):
+    next(it)
+  state = json.loads(json.dumps(it.get_state()))
+  resumed = iter(loader)
+  resumed.set_state(state)
+  _assert_same([next(resumed) for _ in range(4)], steps[5:9])
+  with pytest.raises(ValueError, match='num_epochs 1 with 2 training sizes'):
+    clips.make_loader(config, batch_size=2, num_epochs=1)
+  assert clips.split_root('576x1024:/data/vec.txt') == ((576, 1024), '/data/vec.txt')
+  assert clips.split_root('/data/rec.txt') == (None, '/data/rec.txt')
+  assert clips.check_roots([f'64x32:{other}', f'64x32:{other}/missing']) == [f'data root {other}/missing does not exist']
+
+
 # ----- synthetic clips and sa-make-clips -----
 
 def test_synthetic_clips_are_deterministic(tmp_path):

@@ -263,6 +263,7 @@ ANIMATE = [
          r'checkpoint {tmp}/ckpt is truncated or corrupt', setup=lambda p: _truncated_checkpoint(p), loads=True),
     Case('animate', ('--input', '{K}', '--mesh', 'data=1000', *ANIMATE_OUT), r'needs 1000 devices, \d+ available'),
     Case('animate', ('--input', '{K}', '--mesh', 'foo=2', *ANIMATE_OUT), r"unknown mesh axis 'foo'"),
+    Case('animate', ('--input', '{K}', '--mesh', 'data=4,context=2', *ANIMATE_OUT), r'splits frames over context'),
     Case('animate', ('--input', '{K}', '--config.sampler.num_step=3', *ANIMATE_OUT), r'num_step', code=2),
     Case('animate', ('--input', '{K}', '--reference', '{K}/reference.png', *ANIMATE_OUT),
          r'give either --input or --reference/--poses, not both', code=2),

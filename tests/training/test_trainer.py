@@ -318,7 +318,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, init
     (['--config.dtype=float16'], "dtype 'float16'"),
     (['--config.data.num_frames=3', '--config.mesh.shape=context=2,fsdp=-1'], 'does not split over mesh axis context=2'),
     (['--config.lora.rank=4', '--config.lora.targets=to_qq'], "lora.targets ['to_qq'] name no projection"),
-], ids=['unknown-field', 'roots', 'init', 'size', 'dtype', 'context', 'lora'])
+    (['--config.data.roots=36x32:/'], 'data root 36x32:/: size 36x32, expected multiples of'),
+], ids=['unknown-field', 'roots', 'init', 'size', 'dtype', 'context', 'lora', 'bucket-size'])
 def test_cli_errors_are_one_line(tmp_path, init_dir, clip_root, capsys, argv, message):
   base = ['--config', f'{REPO}/configs/train.py:tiny', f'--workdir={tmp_path / "w"}',
           f'--config.model.init={init_dir}', f'--config.data.roots={clip_root}']
