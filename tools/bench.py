@@ -5,6 +5,8 @@ r"""`python -m tools.bench`: timing and memory benchmarks, each against a baseli
   python -m tools.bench sampler --steps 25 --hjb         # one-scan sampler vs a Python loop of steps
   python -m tools.bench memory --full-size               # + the release config at 512x512, 16 frames
   python -m tools.bench hjb_memory --full-size           # one HJB refine step: memory vs frames
+  XLA_FLAGS=--xla_force_host_platform_device_count=8 \
+  python -m tools.bench train_memory                     # the release train step per device: the memory plan
   python -m tools.bench unet --unet-frames 8 --unet-size 32
   python -m tools.bench eval --eval-size 512              # sa-eval's metrics: seconds per 16-frame clip
 
@@ -19,6 +21,7 @@ import dataclasses
 import importlib.util
 import logging
 import os
+import re
 import statistics
 import sys
 import time
@@ -34,16 +37,28 @@ from PIL import Image
 
 from configs import animate as animate_config
 from configs import svd_xt
+from configs import train as train_configs
 from sa_jax import animate, diffusion
 from sa_jax.eval import face, fvd, lpips, metrics
 from sa_jax.models import iresnet, random_init, stable_animator, unet, vae
 from sa_jax.models.stable_animator import ModelConfigs
 from sa_jax.sampling import hjb, pipeline, sampler
+from sa_jax.training import trainer
 from tools import setup_logging
 
 logger = logging.getLogger('bench')
-BENCHMARKS = ('sampler', 'hjb', 'memory', 'hjb_memory', 'unet', 'reference', 'batch', 'eval')
-ON_REQUEST = ('hjb_memory',)      # compile-heavy (six compilations at the tiny size): run by name only
+BENCHMARKS = ('sampler', 'hjb', 'memory', 'hjb_memory', 'train_memory', 'unet', 'reference', 'batch', 'eval')
+ON_REQUEST = ('hjb_memory', 'train_memory')   # compile-heavy (minutes per compilation): run by name only
+# The memory plan (docs/training.md): overrides of configs/train.py's release settings, `;`-separated.
+TRAIN_VARIANTS = (
+    'mesh.shape=fsdp=8;query_chunk_size=0',     # as the original: float32, remat, whole attention
+    'mesh.shape=fsdp=8',                         # + spatial attention in query chunks of 1024
+    'mesh.shape=fsdp=8;dtype=bfloat16',
+    'mesh.shape=fsdp=8;dtype=bfloat16;lora.rank=8;lora.alpha=8',
+    'mesh.shape=fsdp=4,context=2;dtype=bfloat16',
+    'mesh.shape=fsdp=8;dtype=bfloat16;data.width=576;data.height=1024',
+    'mesh.shape=context=8;dtype=bfloat16;data.num_frames=64',
+)
 MIB = 2 ** 20
 REFERENCE_DIR = Path(__file__).resolve().parents[1] / 'tests' / 'reference'
 
@@ -302,6 +317,43 @@ def bench_hjb_memory(args: argparse.Namespace) -> None:
              'and inputs (the argument bytes) come on top')])
 
 
+def _train_config(variant: str) -> Any:
+  """configs/train.py's release settings with `field=value;...` overrides (typed as the field)."""
+  config = train_configs.get_config()
+  for item in filter(None, variant.split(';')):
+    field, _, text = item.partition('=')
+    *path, leaf = field.split('.')
+    node = config
+    for part in path:
+      node = node[part]
+    node[leaf] = type(node[leaf])(text) if not isinstance(node[leaf], bool) else text == 'True'
+  return config
+
+
+def bench_train_memory(args: argparse.Namespace) -> None:
+  """XLA's per-device memory and FLOPs of one release train step compiled from shapes (no weights,
+  nothing run), per variant of mesh, precision, LoRA, size and frames (`--train-variants`)."""
+  models = dataclasses.replace(ModelConfigs.from_dict(svd_xt.get_config().to_dict()), face_embedder=None)
+  rows = []
+  for variant in args.train_variants:
+    config = _train_config(variant)
+    shape = config.mesh.shape
+    needed = int(np.prod([int(v) for v in re.findall(r'=(\d+)', shape)])) if shape else 1
+    if needed > jax.device_count():
+      rows.append((variant, f'needs {needed} devices', *['n/a'] * 6))
+      continue
+    est = trainer.memory_estimate(config, models, jax.devices()[:needed])
+    rows.append((variant, f'{est["devices"]} ({est["global_batch"]} videos)', f'{est["argument"]:.2f}',
+                 f'{est["temp"]:.2f}', f'{est["total"]:.2f}', f'{est["flops"] / 1e12:.1f}',
+                 f'{est["compile_seconds"]:.0f}', config.data.num_frames))
+    logger.info('train_memory %s: %s', variant, rows[-1][1:])
+  _table('train_memory: one release train step per device, 512x512 unless said, remat on',
+         ('variant (configs/train.py overrides)', 'devices', 'arguments GiB', 'temporaries GiB', 'total GiB',
+          'TFLOP per device', 'compile s', 'frames'), rows,
+         ['compiled.memory_analysis() and cost_analysis() of the CPU backend: XLA estimates, not a measured '
+          'peak; GPU and TPU schedulers place temporaries differently'])
+
+
 def _unet_call(config: unet.UNetConfig, dtype: Any, query_chunk_size: int | None) -> Callable:
   model = unet.UNet(config, query_chunk_size=query_chunk_size, dtype=dtype, param_dtype=dtype)
   return jax.jit(lambda p, *x: model.apply({'params': p}, *x))
@@ -466,6 +518,8 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument('--unet-batch-size', type=int, help='memory: adds a row with this many UNet rows per call')
   p.add_argument('--batch-sizes', type=int, nargs='+', default=[1, 4], help='batch: videos per compiled call')
   p.add_argument('--eval-size', type=int, default=256, help='eval: frame height = width')
+  p.add_argument('--train-variants', nargs='+', default=list(TRAIN_VARIANTS),
+                 help='train_memory: configs/train.py overrides per variant, field=value;field=value')
   p.add_argument('--reference-dir', default=os.environ.get('SA_REFERENCE_DIR', str(REFERENCE_DIR)),
                  help='reference: golden set whose first UNet case gives config and weights')
   return p

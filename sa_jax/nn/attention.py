@@ -28,6 +28,11 @@ def merge_heads(x: jax.Array) -> jax.Array:
   return x.reshape(x.shape[:-2] + (x.shape[-2] * x.shape[-1],))
 
 
+def query_chunk(length: int, limit: int) -> int:
+  """The largest divisor of `length` not above `limit`: the query chunk `dot_product_attention` uses."""
+  return next(c for c in range(min(limit, length), 0, -1) if length % c == 0)
+
+
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, scale: float | None = None,
                           query_chunk_size: int | None = None) -> jax.Array:
   """Multi-head attention `softmax(q k^T * scale) v` with float32 logits and softmax.
@@ -37,8 +42,12 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, scale: fl
     k: `[B, S, N, D]` keys.
     v: `[B, S, N, D]` values.
     scale: logit scale, default `D ** -0.5`.
-    query_chunk_size: if set and smaller than L, queries are processed in chunks of this many
-      tokens (sequentially, `lax.map`), bounding the `[B, N, L, S]` logits to `[B, N, chunk, S]`.
+    query_chunk_size: if set and smaller than L, queries are processed in chunks of the largest
+      divisor of L not above it (sequentially, `lax.map`), bounding the `[B, N, L, S]` logits to
+      `[B, N, chunk, S]` (one size serves every level and training size: 1024 chunks 72 x 128
+      latents by 1024 and 36 x 64 by 768);
+      under differentiation each chunk is recomputed in the backward pass (`jax.checkpoint`), so
+      the gradient too holds one chunk's logits at a time.
   Returns:
     `[B, L, N, D]` in the dtype of `v`.
   """
@@ -47,11 +56,10 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, scale: fl
   length = q.shape[1]
   if query_chunk_size is None or query_chunk_size >= length:
     return jax.nn.dot_product_attention(q, k, v, scale=scale)
-  if length % query_chunk_size:
-    raise ValueError(f'query_chunk_size {query_chunk_size} does not divide {length} query tokens')
-  chunks = q.reshape(q.shape[0], length // query_chunk_size, query_chunk_size, *q.shape[2:])
-  out = jax.lax.map(lambda qc: jax.nn.dot_product_attention(qc, k, v, scale=scale),
-                    jnp.moveaxis(chunks, 1, 0))                   # [L/c, B, c, N, D]
+  chunk = query_chunk(length, query_chunk_size)
+  chunks = q.reshape(q.shape[0], length // chunk, chunk, *q.shape[2:])
+  attend = jax.checkpoint(lambda qc, k, v: jax.nn.dot_product_attention(qc, k, v, scale=scale))
+  out = jax.lax.map(lambda qc: attend(qc, k, v), jnp.moveaxis(chunks, 1, 0))   # [L/c, B, c, N, D]
   return jnp.moveaxis(out, 0, 1).reshape(q.shape[:-1] + (v.shape[-1],))
 
 

@@ -42,6 +42,7 @@ class StepConfig:
     optimizer: AdamW and schedule.
     ema_decay: EMA of the trainable parameters (0: none, the reference).
     remat: recompute UNet blocks in the backward pass (the reference's gradient checkpointing).
+    query_chunk_size: spatial attention queries per chunk (`nn.attention`), None for all at once.
     dtype: compute dtype of the networks (the loss is float32 either way).
     image_mean, image_std: CLIP normalisation of the checkpoint.
     lora: low-rank adapters (rank 0: full fine-tuning of the release's subset).
@@ -51,6 +52,7 @@ class StepConfig:
   optimizer: optimizer_lib.OptimizerConfig
   ema_decay: float
   remat: bool
+  query_chunk_size: int | None
   dtype: Dtype
   image_mean: tuple[float, ...]
   image_std: tuple[float, ...]
@@ -81,7 +83,8 @@ def make_batch_loss(config: StepConfig) -> Callable[..., tuple[jax.Array, tuple[
   """`batch_loss(trained, frozen, batch, key) -> (loss, (inputs, draws))`: the loss a step
   differentiates with respect to `trained` (the frozen networks encode the batch outside the
   gradient), computed in `config.dtype` with float32 parameters and a float32 loss."""
-  networks = make_networks(config.models, config.dtype, remat=config.remat)
+  networks = make_networks(config.models, config.dtype, remat=config.remat,
+                           query_chunk_size=config.query_chunk_size)
 
   def batch_loss(trained, frozen, batch: loss_lib.Batch, key: jax.Array):
     encode_key, draw_key = jax.random.split(key)

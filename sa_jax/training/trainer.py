@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +60,7 @@ def check_config(config: Any, workdir: str | os.PathLike) -> None:
   Reads the model's `config.json` (not its weights) for the size rule.
   """
   problems = []
-  for name, minimum in (('num_steps', 1), ('log_every', 1), ('checkpoint.every', 1),
+  for name, minimum in (('num_steps', 1), ('log_every', 1), ('checkpoint.every', 1), ('query_chunk_size', 0),
                         ('checkpoint.max_to_keep', 1), ('data.per_device_batch_size', 1),
                         ('data.num_frames', 1), ('data.stride', 1), ('data.worker_count', 0),
                         ('validation.every', 0)):
@@ -103,7 +103,7 @@ def check_config(config: Any, workdir: str | os.PathLike) -> None:
     if value < multiple or value % multiple:
       problems.append(f'data.{side} is {value}, expected a positive multiple of {multiple}')
   for root in _roots(config):
-    size, path = clips.split_root(root)
+    size, _ = clips.split_root(root)
     if size and any(side % multiple for side in size):
       problems.append(f'data root {root}: size {size[0]}x{size[1]}, expected multiples of {multiple}')
   if problems:
@@ -134,7 +134,8 @@ def step_config(config: Any, ckpt: checkpoint.CheckpointConfig) -> step_lib.Step
   return step_lib.StepConfig(
       models=ckpt.models, loss=loss_lib.LossConfig.from_config(config.loss),
       optimizer=optimizer_lib.OptimizerConfig.from_config(config.optimizer), ema_decay=float(config.ema_decay),
-      remat=bool(config.remat), dtype=DTYPES[config.dtype], image_mean=ckpt.image_mean, image_std=ckpt.image_std,
+      remat=bool(config.remat), query_chunk_size=config.query_chunk_size or None, dtype=DTYPES[config.dtype],
+      image_mean=ckpt.image_mean, image_std=ckpt.image_std,
       lora=lora_lib.LoraConfig.from_config(config.lora, config.seed % 2**32))
 
 
@@ -222,17 +223,24 @@ def global_batch_size(config: Any, mesh: Mesh) -> int:
   return config.data.per_device_batch_size * mesh.devices.size // mesh.shape[sharding.CONTEXT]
 
 
-def memory_estimate(config: Any, models: Any) -> dict[str, float]:
-  """XLA's per-device memory of the compiled step (GiB), compiled from shapes only (no weights)."""
+def memory_estimate(config: Any, models: Any, devices: Sequence[jax.Device] | None = None) -> dict[str, float]:
+  """XLA's per-device memory of the compiled step (GiB), compiled from shapes only (no weights), on
+  the config's mesh over `devices` (default: all), with the step's FLOPs per device (XLA's cost
+  analysis) and the compile time in seconds."""
   ckpt = checkpoint.CheckpointConfig(models=models, scheduler=None)
-  mesh = make_mesh(config)
+  shape = sharding.parse_mesh_shape(config.mesh.shape) if config.mesh.shape else {}
+  mesh = sharding.make_mesh(shape, devices)
   assembly = assemble(step_config(config, ckpt), mesh, sharding.rules_from_config(config.mesh.rules))
   batch = abstract_batch(config, assembly.batch_shardings, global_batch_size(config, mesh),
                          models.face_encoder.id_embeddings_dim)
   key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=NamedSharding(mesh, PartitionSpec()))
-  estimate = memory_gib(assembly.train_step.lower(assembly.abstract_state, batch, key).compile())
-  estimate['devices'] = mesh.devices.size
-  return estimate
+  start = time.perf_counter()
+  compiled = assembly.train_step.lower(assembly.abstract_state, batch, key).compile()
+  seconds = time.perf_counter() - start
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return dict(memory_gib(compiled), devices=mesh.devices.size, global_batch=batch.frames.shape[0],
+              flops=float((cost or {}).get('flops', float('nan'))), compile_seconds=seconds)
 
 
 def memory_gib(compiled: Any) -> dict[str, float]:

@@ -1,4 +1,5 @@
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -20,8 +21,28 @@ def test_matches_softmax_formula_and_chunks_agree():
   np.testing.assert_allclose(attention.dot_product_attention(q, k, v, query_chunk_size=4), want, atol=1e-5)
   np.testing.assert_allclose(attention.dot_product_attention(q, k, v, scale=0.3),
                              _numpy_attention(q, k, v, 0.3), atol=1e-5)
-  with pytest.raises(ValueError, match='does not divide 12'):
-    attention.dot_product_attention(q, k, v, query_chunk_size=5)
+  # 5 does not divide 12 tokens: chunks of 4, the largest divisor below it.
+  np.testing.assert_allclose(attention.dot_product_attention(q, k, v, query_chunk_size=5), want, atol=1e-5)
+  assert [attention.query_chunk(*a) for a in ((12, 5), (2304, 1024), (9216, 1024), (7, 4), (64, 1024))] == [
+      4, 768, 1024, 1, 64]
+
+
+def test_chunked_gradient_holds_one_chunk_of_logits():
+  """The gradient through chunked attention equals the unchunked one, and XLA's temporaries shrink
+  with the chunk: each chunk's logits are recomputed in the backward pass, not kept for all."""
+  rng = np.random.default_rng(1)
+  q, k, v = (rng.standard_normal((1, 512, 2, 8), np.float32) for _ in range(3))
+  grads, temps = {}, {}
+  for chunk in (None, 64):
+    loss = lambda q, k, v: jnp.sum(attention.dot_product_attention(q, k, v, query_chunk_size=chunk) ** 2)
+    grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+    grads[chunk] = grad(q, k, v)
+    temps[chunk] = grad.lower(q, k, v).compile().memory_analysis().temp_size_in_bytes
+  for a, b in zip(grads[None], grads[64]):
+    # float32 sums over S = 512 keys in another order: a few hundred eps of the largest term.
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(a).max())
+  logits = 512 * 512 * 2 * 4   # one float32 [N, L, S] tensor
+  assert temps[None] >= logits and temps[64] < temps[None] / 4, temps
 
 
 def test_heads_split_channels_head_major():

@@ -26,3 +26,13 @@ def test_sampler_benchmark_prints_a_ratio_table(capsys):
 def test_unknown_benchmark_is_refused():
   with pytest.raises(SystemExit):
     bench.main(['nonsense'])
+
+
+def test_train_memory_variants_are_typed_overrides_of_the_release_settings(capsys):
+  config = bench._train_config('mesh.shape=fsdp=4,context=2;dtype=bfloat16;lora.rank=8;remat=False;data.width=576')
+  assert (config.mesh.shape, config.dtype, config.lora.rank, config.remat, config.data.width) == (
+      'fsdp=4,context=2', 'bfloat16', 8, False, 576)
+  assert config.data.height == 512 and config.query_chunk_size == 1024, 'the rest stays the release'
+  # A mesh larger than the devices at hand is reported in its row, and nothing is compiled.
+  bench.main(['train_memory', '--train-variants', 'mesh.shape=fsdp=1024'])
+  assert 'needs 1024 devices' in capsys.readouterr().out
