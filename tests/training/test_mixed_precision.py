@@ -17,13 +17,13 @@ from sa_jax.training import step as step_lib
 from sa_jax.training import trainer
 
 
-@pytest.fixture(scope='module')
-def setup(tmp_path_factory):
-  """The tiny config's demo model and a batch of two synthetic videos at its smallest size."""
+def _setup(root, init=''):
+  """A model (the tiny config's demo model, or the checkpoint `init`) and a batch of two synthetic
+  videos at its smallest size."""
   config = train_configs.get_config('tiny')
+  config.model.init = init
   ckpt = trainer.model_config(config)
   size = trainer.size_multiple(ckpt.models)
-  root = tmp_path_factory.mktemp('clips')
   synthetic.write_clips(root, 2, num_frames=4, width=size, height=size, seed=11)
   config.data.update(roots=str(root), width=size, height=size, num_frames=2, worker_count=0)
   local = next(iter(clips.make_loader(trainer.data_config(config), batch_size=2)))
@@ -31,14 +31,21 @@ def setup(tmp_path_factory):
   return config, ckpt, trainer.load_model(config), batch
 
 
+@pytest.fixture(scope='module')
+def setup(tmp_path_factory):
+  return _setup(tmp_path_factory.mktemp('clips'))
+
+
 def _step_config(setup, dtype):
   config, ckpt, _, _ = setup
   return dataclasses.replace(trainer.step_config(config, ckpt), dtype=dtype)
 
 
-def test_bfloat16_step_keeps_float32_weights_optimiser_state_and_loss(setup):
-  _, _, params, batch = setup
-  step_config = _step_config(setup, jnp.bfloat16)
+def test_bfloat16_step_keeps_float32_weights_optimiser_state_and_loss(tmp_path, micro_checkpoint):
+  """(The micro model: which dtypes the step keeps does not depend on the model's size.)"""
+  micro = _setup(tmp_path, str(micro_checkpoint))
+  _, _, params, batch = micro
+  step_config = _step_config(micro, jnp.bfloat16)
   train_step, tx = step_lib.make_train_step(step_config)
   state = jax.eval_shape(lambda p: step_lib.init_state(p, tx, step_config), params)
   new_state, metrics = jax.eval_shape(train_step, state, batch, jax.random.key(0))

@@ -8,6 +8,7 @@ a compilation cache.
 """
 
 import json
+import logging
 import os
 import random
 import signal
@@ -18,6 +19,7 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -29,6 +31,7 @@ from sa_jax import animate, checkpoint, diffusion, sharding
 from sa_jax.data import clips, synthetic
 from sa_jax.models.stable_animator import ModelConfigs
 from sa_jax.training import optimizer, trainer
+from sa_jax.training import step as step_lib
 from tools import train as train_tool
 
 REPO = Path(__file__).resolve().parents[2]
@@ -292,6 +295,32 @@ def test_export_writes_the_release_files(tmp_path, uninterrupted, init_dir, clip
   with pytest.raises(SystemExit, match='sa-train: error: .*exist'):
     train_tool.main(['--config', f'{REPO}/configs/train.py:tiny', f'--workdir={uninterrupted}',
                      f'--config.model.init={init_dir}', f'--config.data.roots={clip_root}', f'--export={out}'])
+
+
+def test_each_training_size_compiles_the_step_once(tmp_path, init_dir, clip_root, monkeypatch, caplog):
+  """Two sizes (a root written WxH:path), 6 steps, one size per step: the trainer's jitted step is
+  compiled once per size. The step is replaced by one that only reads the batch (what is counted is
+  the loop feeding both shapes to one jitted function, not the step's maths)."""
+  def make_train_step(config):
+    _, tx = original(config)
+
+    def train_step(state, batch, key):
+      pixels = jnp.mean(batch.frames.astype(jnp.float32))
+      return dict(state, step=state['step'] + 1), dict(
+          loss=pixels, grad_norm=pixels, finite=jnp.float32(1), valid_videos=jnp.sum(batch.valid.astype(jnp.float32)),
+          skipped_videos=jnp.float32(0), width=jnp.float32(batch.frames.shape[3]))
+    return train_step, tx
+
+  original = step_lib.make_train_step
+  monkeypatch.setattr(step_lib, 'make_train_step', make_train_step)
+  config = run_config(init_dir, clip_root, num_steps=6, checkpoint__every=6)
+  config.data.roots = f'{clip_root},{2 * SIZE}x{SIZE}:{clip_root}'
+  with jax.log_compiles(True), caplog.at_level(logging.WARNING):
+    trainer.train(config, tmp_path / 'sizes', progress=False)
+  compiled = [r for r in caplog.records if 'Finished XLA compilation' in r.getMessage()
+              and 'step_on_mesh' in r.getMessage()]
+  widths = [m['width'] for m in _losses(tmp_path / 'sizes').values()]
+  assert sorted(set(widths)) == [SIZE, 2 * SIZE] and len(compiled) == 2, (widths, len(compiled))
 
 
 # ------------------------------------------------------------------------------------ NaN and errors
