@@ -51,22 +51,29 @@ def run_main(tool: str, main: Callable[[list[str]], None], argv: Sequence[str] |
       if outputs.received_signal():
         _stopped(tool, outputs.received_signal())
   finally:
-    sys.unraisablehook = hook
+    if not _STOPPED:   # after a stop, objects the signal cut short are finalised until exit
+      sys.unraisablehook = hook
+
+
+_STOPPED: list[int] = []   # the signal that stopped a run of this process, if one did
 
 
 def _unraisable(unraisable: Any) -> None:
-  """Drops two kinds of "Exception ignored" reports: an `Interrupted` raised where Python cannot
+  """Drops three kinds of "Exception ignored" reports: an `Interrupted` raised where Python cannot
   propagate it (a garbage-collection or fork callback: the signal is recorded and stops the run
-  anyway), and the "Event loop is closed" errors that tensorstore's pending reads and writes print
-  (one per file) after an orbax save or restore failed (the tool reports the failure once)."""
+  anyway); after a run was stopped by a signal, the finalizer of an object whose construction the
+  signal cut short (an asyncio loop of orbax's async save without its `_signal_handlers`); and the
+  "Event loop is closed" errors that tensorstore's pending reads and writes print (one per file)
+  after an orbax save or restore failed (the tool reports the failure once)."""
   error = unraisable.exc_value
-  if isinstance(error, outputs.Interrupted):
+  if isinstance(error, outputs.Interrupted) or (_STOPPED and isinstance(error, AttributeError)):
     return
   if not (isinstance(error, RuntimeError) and 'Event loop is closed' in str(error)):
     sys.__unraisablehook__(unraisable)
 
 
 def _stopped(tool: str, signum: int) -> None:
+  _STOPPED.append(signum)
   sys.stderr.write(f'{tool}: stopped by {signal.Signals(signum).name}; outputs not yet in place were '
                    'discarded\n')
   sys.exit(SIGNAL_EXIT + signum)

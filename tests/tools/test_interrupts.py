@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 from collections.abc import Callable
 from pathlib import Path
 
@@ -198,3 +199,19 @@ def test_animation_killed_then_replaced_and_nothing_compiled(animation):
   assert "cache hit for 'jit_denoise'" in run.stderr
   assert 'PERSISTENT COMPILATION CACHE MISS' not in run.stderr, [
       line for line in run.stderr.splitlines() if 'MISS' in line][:5]
+
+
+def test_finalizers_cut_short_by_a_stop_are_not_reported(monkeypatch):
+  """A signal can land inside a constructor (orbax's asyncio loop, left without `_signal_handlers`):
+  once a run was stopped, that object's finalizer fails at exit with an AttributeError, which is not
+  reported; before any stop it is."""
+  reported = []
+  monkeypatch.setattr(sys, '__unraisablehook__', reported.append)
+  report = types.SimpleNamespace(exc_type=AttributeError, exc_value=AttributeError('_signal_handlers'),
+                                 exc_traceback=None, err_msg='Exception ignored in', object=None)
+  monkeypatch.setattr(tools, '_STOPPED', [])
+  tools._unraisable(report)
+  assert reported == [report]
+  monkeypatch.setattr(tools, '_STOPPED', [signal.SIGINT])
+  tools._unraisable(report)
+  assert reported == [report], 'not reported after a stop'
