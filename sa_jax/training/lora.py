@@ -91,9 +91,9 @@ def target_paths(params: dict[str, Any], config: LoraConfig) -> list[tuple[str, 
 def init_adapters(params: dict[str, Any], config: LoraConfig) -> dict[str, Any]:
   """Adapters for `params` (boxed or plain): `A` Kaiming-uniform, `B` zero (float32)."""
   flat = traverse_util.flatten_dict(params)
-  keys = jax.random.split(jax.random.key(config.seed), len(target_paths(params, config)))
+  paths = target_paths(params, config)
   adapters = {}
-  for key, path in zip(keys, target_paths(params, config)):
+  for key, path in zip(jax.random.split(jax.random.key(config.seed), len(paths)), paths):
     fan_in, fan_out = jnp.shape(nn.unbox(flat[path + (KERNEL,)]))
     # torch's nn.Linear default (kaiming_uniform with a = sqrt(5)), which LoRA's A takes: U(+-1/sqrt(in)).
     adapters[path + (DOWN,)] = nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform')(
@@ -113,7 +113,3 @@ def apply(params: dict[str, Any], adapters: dict[str, Any], config: LoraConfig) 
       flat[module + (KERNEL,)] = kernel + (config.scale * down @ pairs[module + (UP,)]).astype(kernel.dtype)
   return traverse_util.unflatten_dict(flat)
 
-
-def num_adapted(adapters: dict[str, Any]) -> int:
-  """How many kernels the adapters change."""
-  return sum(1 for p in traverse_util.flatten_dict(adapters) if p[-1] == DOWN)
