@@ -43,6 +43,9 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   config.remat = not tiny           # recompute UNet blocks in the backward pass (release: on)
   config.query_chunk_size = 0 if tiny else 1024   # spatial attention queries per chunk, each chunk's
                                     # logits recomputed in the backward pass (0: all at once)
+  config.encode_chunk_size = 0 if tiny else 4    # frames of each video per VAE encoder pass, the passes
+                                    # one after another (0: all at once); a divisor of num_frames, a
+                                    # multiple of the mesh's context
   config.ema_decay = 0.0            # EMA of the trained parameters; 0: none (the release)
   config.compile_cache = True       # JAX's persistent compilation cache (a restarted run skips compiling)
   config.compile_cache_dir = ''     # '': $XDG_CACHE_HOME/sa-jax/jax (default ~/.cache/sa-jax/jax)

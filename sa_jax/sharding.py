@@ -7,8 +7,8 @@ scaling out is a change of mesh shape and rules, not of model code.
 
 Kernels are `[*window, in, out]`; their last two axes take one of two layouts, Megatron style:
 
-  IN_PROJ  = [EMBED, MLP]  in features on `fsdp`, out on `tensor` (column parallel)
-  OUT_PROJ = [MLP, EMBED]  in features on `tensor`, out on `fsdp` (row parallel; the default)
+  IN_PROJ  = [EMBED, MLP]  in features on `fsdp` x `context`, out on `tensor` (column parallel)
+  OUT_PROJ = [MLP, EMBED]  in features on `tensor`, out on `fsdp` x `context` (row parallel; the default)
 
 IN_PROJ marks the first kernel of a pair: its output features stay split over `tensor` and feed
 only elementwise ops (and norms) and then the pair's OUT_PROJ kernel, which reads them split the
@@ -31,7 +31,7 @@ The window axes of a convolution are never sharded.
   resamplers, VAE convs outside resnets (time_conv_out included), PoseNet, CLIP patch embedding
   and visual projection, IResNet stem/downsample/fc, perceiver proj_in/proj_out.
 
-With `tensor` of size 1 (the default mesh) only `fsdp` shards parameters; the two layouts then
+With `tensor` of size 1 (the default mesh) only `fsdp` and `context` shard parameters; the two layouts then
 differ only in which kernel axis it splits. GEGLU's `[value | gate]` halves land on different
 `tensor` shards, so its product costs one exchange of the hidden activation.
 
@@ -51,8 +51,10 @@ per-frame GroupNorm) run on local frames. A temporal resnet's frame convolution 
 boundary frame with each neighbour and its frame-pooled GroupNorm sums statistics over the axis.
 A temporal transformer re-splits its `[BL, F, C]` sequences by rows (one all-to-all in, one out)
 and attends over all F frames locally: each device sends 2 (c - 1) / c^2 of the block's input,
-where attending with F split would gather K and V, 2 (c - 1) / c of it. Parameters are not split
-over `context`; their gradients are summed over it.
+where attending with F split would gather K and V, 2 (c - 1) / c of it. Parameters are split over
+`context` as over `fsdp` (`EMBED -> fsdp x context`): the devices that share a video also share
+the state, so a mesh of context alone holds 1/c of it per device (gathered one block at a time,
+gradients reduce-scattered over both axes).
 """
 
 from collections.abc import Mapping, Sequence
@@ -100,7 +102,7 @@ LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
     (FRAMES, CONTEXT),
     (ROWS, (DATA, FSDP, CONTEXT)),
     (LENGTH, None),
-    (EMBED, FSDP),
+    (EMBED, (FSDP, CONTEXT)),
     (MLP, TENSOR),
     (NORM, None),
 )
@@ -110,7 +112,7 @@ def rules_from_config(config: Mapping[str, str | Sequence[str] | None]) -> tuple
   """Logical-axis rules from a mapping `logical axis -> mesh axis, list of mesh axes, or None`.
 
   E.g. `{'batch': ['data', 'fsdp'], 'frames': 'context', 'rows': ['data', 'fsdp', 'context'],
-  'length': None, 'embed': 'fsdp', 'mlp': 'tensor', 'norm': None}` gives `LOGICAL_RULES`. Logical
+  'length': None, 'embed': ['fsdp', 'context'], 'mlp': 'tensor', 'norm': None}` gives `LOGICAL_RULES`. Logical
   axes left out are replicated. Accepts a dict or an `ml_collections.ConfigDict`.
 
   Raises:

@@ -68,14 +68,15 @@ def test_make_mesh_checks_device_count():
 
 def test_projections_carry_megatron_kernel_axes(tiny):
   specs = _specs(tiny[1], _mesh({DATA: 2, FSDP: 2, TENSOR: 2}))
-  column, row = PartitionSpec(FSDP, TENSOR), PartitionSpec(TENSOR, FSDP)
+  state = (FSDP, CONTEXT)   # EMBED: the state is split over every axis that splits a video
+  column, row = PartitionSpec(state, TENSOR), PartitionSpec(TENSOR, state)
   spatial = 'down_blocks_0/attentions_0/transformer_blocks_0'
   temporal = 'down_blocks_0/attentions_0/temporal_transformer_blocks_0'
   for attn in ('attn1', 'attn2'):
     for proj in ('to_q', 'to_k', 'to_v'):
       assert specs[f'{spatial}/{attn}/{proj}/kernel'] == column
     assert specs[f'{spatial}/{attn}/to_out/kernel'] == row
-    assert specs[f'{spatial}/{attn}/to_out/bias'] == PartitionSpec(FSDP)
+    assert specs[f'{spatial}/{attn}/to_out/bias'] == PartitionSpec(state)
   for proj in ('id_to_k', 'id_to_v'):
     assert specs[f'{spatial}/attn2/{proj}/kernel'] == column
   for ff in (f'{spatial}/ff', f'{temporal}/ff_in', f'{temporal}/ff'):
@@ -85,10 +86,10 @@ def test_projections_carry_megatron_kernel_axes(tiny):
   for proj in ('proj_in', 'proj_out'):   # they write the streams the pairs above read whole
     assert specs[f'down_blocks_0/attentions_0/{proj}/kernel'] == row
   resnet = 'down_blocks_0/resnets_0/spatial_res_block'
-  assert specs[f'{resnet}/conv1/kernel'] == PartitionSpec(None, None, FSDP, TENSOR)
-  assert specs[f'{resnet}/conv2/kernel'] == PartitionSpec(None, None, TENSOR, FSDP)
-  # The whole tree: the last two kernel axes are `[fsdp, tensor]` for the first of a pair,
-  # `[tensor, fsdp]` otherwise (every tiny width divides by 2: nothing falls back to replication).
+  assert specs[f'{resnet}/conv1/kernel'] == PartitionSpec(None, None, state, TENSOR)
+  assert specs[f'{resnet}/conv2/kernel'] == PartitionSpec(None, None, TENSOR, state)
+  # The whole tree: the last two kernel axes are `[state, tensor]` for the first of a pair,
+  # `[tensor, state]` otherwise (every tiny width divides by 2: nothing falls back to replication).
   kernels = {path: spec for path, spec in specs.items() if path.endswith('/kernel')}
   for path, spec in kernels.items():
     first = any(path.endswith(f'/{name}/kernel') for name in PAIR_FIRSTS)
@@ -97,7 +98,7 @@ def test_projections_carry_megatron_kernel_axes(tiny):
 
 def test_rules_from_config():
   default = {'batch': [DATA, FSDP], 'frames': CONTEXT, 'rows': [DATA, FSDP, CONTEXT], 'length': None,
-             'embed': FSDP, 'mlp': TENSOR, 'norm': None}
+             'embed': [FSDP, CONTEXT], 'mlp': TENSOR, 'norm': None}
   assert sharding.rules_from_config(default) == sharding.LOGICAL_RULES
   assert sharding.rules_from_config(dict(sharding.LOGICAL_RULES)) == sharding.LOGICAL_RULES   # the configs' form
   assert sharding.rules_from_config({'mlp': [TENSOR, FSDP], 'embed': []}) == (
@@ -191,10 +192,11 @@ def test_unet_sharded_matches_single_device(tiny, single_device, shape):
   params, expected = single_device
   mesh = _mesh(shape)
   param_shardings = sharding.param_shardings(boxed, mesh)
-  specs = [tuple(s.spec) for s in jax.tree.leaves(param_shardings)]
+  split_over = {axis for s in jax.tree.leaves(param_shardings) for entry in s.spec if entry
+                for axis in ((entry,) if isinstance(entry, str) else entry)}
   for axis in (FSDP, TENSOR):
     if mesh.shape[axis] > 1:
-      assert any(axis in spec for spec in specs), f'no parameter is sharded over {axis}'
+      assert axis in split_over, f'no parameter is sharded over {axis}'
   sharded = jax.device_put(params, param_shardings)
   data = NamedSharding(mesh, PartitionSpec(DATA))
   inputs = jax.device_put(inputs, data)

@@ -7,6 +7,7 @@ r"""`python -m tools.bench`: timing and memory benchmarks, each against a baseli
   python -m tools.bench hjb_memory --full-size           # one HJB refine step: memory vs frames
   XLA_FLAGS=--xla_force_host_platform_device_count=8 \
   python -m tools.bench train_memory                     # the release train step per device: the memory plan
+  python -m tools.bench train_step                       # a release train step run here: time, FLOPs, MFU
   python -m tools.bench unet --unet-frames 8 --unet-size 32
   python -m tools.bench eval --eval-size 512              # sa-eval's metrics: seconds per 16-frame clip
 
@@ -43,17 +44,24 @@ from sa_jax.eval import face, fvd, lpips, metrics
 from sa_jax.models import iresnet, random_init, stable_animator, unet, vae
 from sa_jax.models.stable_animator import ModelConfigs
 from sa_jax.sampling import hjb, pipeline, sampler
+from sa_jax.training import loss as loss_lib
 from sa_jax.training import trainer
 from tools import setup_logging
 
 logger = logging.getLogger('bench')
-BENCHMARKS = ('sampler', 'hjb', 'memory', 'hjb_memory', 'train_memory', 'unet', 'reference', 'batch', 'eval')
-ON_REQUEST = ('hjb_memory', 'train_memory')   # compile-heavy (minutes per compilation): run by name only
+BENCHMARKS = ('sampler', 'hjb', 'memory', 'hjb_memory', 'train_memory', 'train_step', 'unet', 'reference', 'batch',
+              'eval')
+ON_REQUEST = ('hjb_memory', 'train_memory', 'train_step')   # compile-heavy (minutes per compilation): run by name only
 # The memory plan (docs/training.md): overrides of configs/train.py's release settings, `;`-separated.
 TRAIN_VARIANTS = (
-    'mesh.shape=fsdp=8;query_chunk_size=0',     # as the original: float32, remat, whole attention
-    'mesh.shape=fsdp=8',                         # + spatial attention in query chunks of 1024
+    'mesh.shape=fsdp=1;dtype=bfloat16',                                  # one device
+    'mesh.shape=fsdp=1;dtype=bfloat16;lora.rank=8;lora.alpha=8',
+    'mesh.shape=fsdp=4;dtype=bfloat16',                                  # four devices
+    'mesh.shape=fsdp=2,context=2;dtype=bfloat16',
+    'mesh.shape=fsdp=8;query_chunk_size=0',      # eight: as the original (float32, whole attention)
+    'mesh.shape=fsdp=8',                          # + spatial attention in query chunks of 1024
     'mesh.shape=fsdp=8;dtype=bfloat16',
+    'mesh.shape=fsdp=8;dtype=bfloat16;remat=False',
     'mesh.shape=fsdp=8;dtype=bfloat16;lora.rank=8;lora.alpha=8',
     'mesh.shape=fsdp=4,context=2;dtype=bfloat16',
     'mesh.shape=fsdp=8;dtype=bfloat16;data.width=576;data.height=1024',
@@ -349,9 +357,56 @@ def bench_train_memory(args: argparse.Namespace) -> None:
     logger.info('train_memory %s: %s', variant, rows[-1][1:])
   _table('train_memory: one release train step per device, 512x512 unless said, remat on',
          ('variant (configs/train.py overrides)', 'devices', 'arguments GiB', 'temporaries GiB', 'total GiB',
-          'TFLOP per device', 'compile s', 'frames'), rows,
-         ['compiled.memory_analysis() and cost_analysis() of the CPU backend: XLA estimates, not a measured '
-          'peak; GPU and TPU schedulers place temporaries differently'])
+          'model TFLOP per device', 'compile s', 'frames'), rows,
+         ['compiled.memory_analysis() of the CPU backend: an XLA estimate, not a measured peak; GPU and TPU '
+          'schedulers place temporaries differently. FLOPs: trainer.model_flops (no recomputation)'])
+
+
+def _matmul_rate(repeats: int) -> float:
+  """This machine's float32 matmul rate in FLOP/s: a jitted 2048^3 product, median of `repeats`."""
+  n = 2048
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  product, _ = _compile(jax.jit(jnp.matmul), a, a)
+  seconds, _ = _run_time(lambda: product(a, a), repeats)
+  return 2 * n ** 3 / seconds
+
+
+def bench_train_step(args: argparse.Namespace) -> None:
+  """One release train step run on this process's devices (`--train-step-variant`, a size this
+  machine can run): its time, its model FLOPs (`trainer.model_flops`) and the utilisation they imply
+  against this machine's float32 matmul rate measured in the same run. The weights are random
+  (numpy, `random_init`): the time does not depend on their values."""
+  config = _train_config(args.train_step_variant)
+  models = dataclasses.replace(ModelConfigs.from_dict(svd_xt.get_config().to_dict()), face_embedder=None)
+  assembly, shapes, _ = trainer.assemble_for_shapes(config, models)
+  params = {name: random_init.random_params(stable_animator.BY_NAME[name].abstract_params(getattr(models, name)), i)
+            for i, name in enumerate(models.names)}
+  state = trainer.initial_state(assembly, params)
+  del params
+  rng = np.random.default_rng(0)
+  local = {name: (rng.integers(0, 256, s.shape, np.uint8) if s.dtype == np.uint8 else
+                  np.ones(s.shape, s.dtype) if s.dtype == np.bool_ else rng.standard_normal(s.shape).astype(s.dtype))
+           for name, s in zip(loss_lib.Batch._fields, shapes)}
+  batch = trainer.global_batch(local, assembly.batch_shardings)
+  key = jax.random.key(0)
+  step, compile_seconds = _compile(assembly.train_step, state, batch, key)
+  flops = trainer.model_flops(config, models) / jax.device_count()
+  current = [state]
+
+  def run():
+    current[0], metrics = step(current[0], batch, key)
+    return metrics
+
+  seconds, _ = _run_time(run, args.repeats)
+  rate = _matmul_rate(args.repeats)
+  rows = [('release train step', compile_seconds, seconds, flops / 1e12, f'{flops / seconds / 1e9:.1f}',
+           f'{rate / 1e9:.1f}', f'{flops / seconds / rate:.3f}')]
+  _table(f'train_step: the release networks, {args.train_step_variant}, {jax.device_count()} '
+         f'{jax.devices()[0].platform.upper()} device(s)',
+         ('program', 'compile s', f'step s (median of {args.repeats})', 'model TFLOP', 'model GFLOP/s',
+          'f32 matmul GFLOP/s', 'MFU'), rows,
+         ['per device; model FLOPs without the recomputation of remat (trainer.model_flops); MFU = model '
+          'FLOPs per second / the float32 matmul rate measured here (a 2048^3 product)'])
 
 
 def _unet_call(config: unet.UNetConfig, dtype: Any, query_chunk_size: int | None) -> Callable:
@@ -520,6 +575,8 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument('--eval-size', type=int, default=256, help='eval: frame height = width')
   p.add_argument('--train-variants', nargs='+', default=list(TRAIN_VARIANTS),
                  help='train_memory: configs/train.py overrides per variant, field=value;field=value')
+  p.add_argument('--train-step-variant', default='lora.rank=8;lora.alpha=8;data.width=256;data.height=256;'
+                 'data.num_frames=4', help='train_step: configs/train.py overrides (a size this machine can run)')
   p.add_argument('--reference-dir', default=os.environ.get('SA_REFERENCE_DIR', str(REFERENCE_DIR)),
                  help='reference: golden set whose first UNet case gives config and weights')
   return p

@@ -18,6 +18,7 @@ from sa_jax.models.unet_transformer import TransformerSpatioTemporal
 from sa_jax.nn import linear
 from sa_jax.nn.embeddings import TimestepEmbedding, timestep_embedding
 from sa_jax.nn.norms import GroupNorm
+from sa_jax.nn.remat import remat_call
 from sa_jax.nn.resample import Downsample, Upsample
 from sa_jax.nn.resnet import SpatioTemporalResBlock
 
@@ -96,10 +97,6 @@ class UNetConfig:
                        f'{self.addition_time_embed_dim} (three added time ids)')
 
 
-def _remat(module_cls, enabled: bool, static_argnums: tuple[int, ...]):
-  return nn.remat(module_cls, static_argnums=static_argnums) if enabled else module_cls
-
-
 class _Blocks(nn.Module):
   """Shared options of the down, mid and up blocks."""
   config: UNetConfig
@@ -108,14 +105,18 @@ class _Blocks(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
-  def resnet(self, channels: int, eps: float, name: str) -> nn.Module:
-    cls = _remat(SpatioTemporalResBlock, self.remat, (3,))
-    return cls(channels, eps, eps, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+  # With `remat`, each resnet and transformer keeps only its inputs and is recomputed once the
+  # backward pass reaches it (`remat_call`: under `nn.remat` XLA:CPU ran many blocks'
+  # recomputations ahead of their backward passes, keeping their activations alive together).
 
-  def transformer(self, heads: int, depth: int, name: str) -> nn.Module:
-    cls = _remat(TransformerSpatioTemporal, self.remat, (3,))
-    return cls(heads, depth, self.config.num_face_tokens, self.query_chunk_size,
-               dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+  def resnet(self, channels: int, eps: float, name: str, x, temb, num_frames):
+    block = SpatioTemporalResBlock(channels, eps, eps, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+    return remat_call(block, x, temb, static=(num_frames,), enabled=self.remat)
+
+  def transformer(self, heads: int, depth: int, name: str, x, context, num_frames):
+    block = TransformerSpatioTemporal(heads, depth, self.config.num_face_tokens, self.query_chunk_size,
+                                      remat=self.remat, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+    return remat_call(block, x, context, static=(num_frames,), enabled=self.remat)
 
 
 class DownBlock(_Blocks):
@@ -130,10 +131,10 @@ class DownBlock(_Blocks):
     channels = cfg.block_out_channels[i]
     skips = []
     for j in range(cfg.layers_per_block[i]):
-      x = self.resnet(channels, RESNET_EPS[kind], f'resnets_{j}')(x, temb, num_frames)
+      x = self.resnet(channels, RESNET_EPS[kind], f'resnets_{j}', x, temb, num_frames)
       if kind.startswith('CrossAttn'):
         x = self.transformer(cfg.num_attention_heads[i], cfg.transformer_layers_per_block[i],
-                             f'attentions_{j}')(x, context, num_frames)
+                             f'attentions_{j}', x, context, num_frames)
       skips.append(x)
     if i < len(cfg.block_out_channels) - 1:
       x = Downsample(channels, (1, 1), dtype=self.dtype, param_dtype=self.param_dtype,
@@ -149,10 +150,10 @@ class MidBlock(_Blocks):
   def __call__(self, x, temb, context, num_frames):
     cfg = self.config
     channels = cfg.block_out_channels[-1]
-    x = self.resnet(channels, RESNET_EPS['mid'], 'resnets_0')(x, temb, num_frames)
+    x = self.resnet(channels, RESNET_EPS['mid'], 'resnets_0', x, temb, num_frames)
     x = self.transformer(cfg.num_attention_heads[-1], cfg.transformer_layers_per_block[-1],
-                         'attentions_0')(x, context, num_frames)
-    return self.resnet(channels, RESNET_EPS['mid'], 'resnets_1')(x, temb, num_frames)
+                         'attentions_0', x, context, num_frames)
+    return self.resnet(channels, RESNET_EPS['mid'], 'resnets_1', x, temb, num_frames)
 
 
 class UpBlock(_Blocks):
@@ -168,10 +169,10 @@ class UpBlock(_Blocks):
     channels = cfg.block_out_channels[level]
     for j, skip in enumerate(skips):
       x = jnp.concatenate([x, skip], axis=-1)           # current features first, skip second
-      x = self.resnet(channels, RESNET_EPS[kind], f'resnets_{j}')(x, temb, num_frames)
+      x = self.resnet(channels, RESNET_EPS[kind], f'resnets_{j}', x, temb, num_frames)
       if kind.startswith('CrossAttn'):
         x = self.transformer(cfg.num_attention_heads[level], cfg.transformer_layers_per_block[level],
-                             f'attentions_{j}')(x, context, num_frames)
+                             f'attentions_{j}', x, context, num_frames)
     if i < len(cfg.block_out_channels) - 1:
       x = Upsample(channels, dtype=self.dtype, param_dtype=self.param_dtype, name='upsamplers_0')(x)
     return x

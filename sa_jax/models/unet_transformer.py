@@ -18,6 +18,7 @@ from sa_jax.nn.attention import Attention
 from sa_jax.nn.embeddings import TimestepEmbedding, timestep_embedding
 from sa_jax.nn.feedforward import FeedForward
 from sa_jax.nn.norms import GroupNorm, LayerNorm
+from sa_jax.nn.remat import remat_call
 from sa_jax.nn.resnet import AlphaBlender
 
 Dtype = Any
@@ -89,11 +90,15 @@ class TransformerSpatioTemporal(nn.Module):
     depth: spatial/temporal block pairs (`transformer_layers_per_block`, 1 in SVD).
     num_face_tokens: trailing face tokens of the context (see `IDAttention`).
     query_chunk_size: chunking of the spatial attention queries (memory), None for none.
+    remat: recompute each spatial and temporal block on its own in the backward pass, once the
+      backward pass reaches it (`sa_jax.nn.remat.remat_call`; inside a recomputed transformer, one
+      block's activations are alive at a time instead of the whole transformer's).
   """
   heads: int
   depth: int
   num_face_tokens: int
   query_chunk_size: int | None = None
+  remat: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -123,10 +128,11 @@ class TransformerSpatioTemporal(nn.Module):
 
     mixer = AlphaBlender(param_dtype=self.param_dtype, name='time_mixer')
     for i in range(self.depth):
-      x = SpatialBlock(self.heads, head_dim, self.num_face_tokens, self.query_chunk_size,
-                       name=f'transformer_blocks_{i}', **kw)(x, frame_context)
-      mixed = TemporalBlock(self.heads, head_dim, name=f'temporal_transformer_blocks_{i}', **kw)(
-          x + position, time_context, num_frames)
+      spatial = SpatialBlock(self.heads, head_dim, self.num_face_tokens, self.query_chunk_size,
+                             name=f'transformer_blocks_{i}', **kw)
+      x = remat_call(spatial, x, frame_context, enabled=self.remat)
+      temporal = TemporalBlock(self.heads, head_dim, name=f'temporal_transformer_blocks_{i}', **kw)
+      mixed = remat_call(temporal, x + position, time_context, static=(num_frames,), enabled=self.remat)
       x = mixer(x, mixed)
     x = linear.dense(c, name='proj_out', **kw)(x)
     return x.reshape(bf, h, w, c) + residual

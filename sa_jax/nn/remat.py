@@ -1,4 +1,4 @@
-"""Rematerialisation whose recomputation waits for the backward pass (used by the VAE decoder for HJB).
+"""Rematerialisation whose work waits for the pass that needs it (UNet and VAE decoder blocks).
 
 `nn.remat` (`jax.checkpoint`) keeps only a block's inputs and recomputes the block for its
 backward pass, but the recomputation depends on those inputs alone (its `optimization_barrier`
@@ -9,9 +9,16 @@ gradient (4 frames at 576x1024, bfloat16): 79.2 GB with `nn.remat` per block, 78
 spatio-temporal resnet.
 
 `remat_call` recomputes the module inside a custom VJP whose backward pass first makes the saved
-inputs depend on the output cotangent, so a block is recomputed only once the backward pass has
-reached it, and one block's activations are alive at a time: 20.1 GB per spatio-temporal resnet,
-17.4 GB per spatial and temporal resnet (docs/benchmarks.md).
+inputs and the parameters depend on the output cotangent, so a block is recomputed only once the
+backward pass has reached it, and one block's activations are alive at a time: 20.1 GB per
+spatio-temporal resnet, 17.4 GB per spatial and temporal resnet (docs/benchmarks.md).
+
+The parameters are tied to the data in the forward pass too (to the block's inputs): what is made
+of them (their compute-dtype casts, XLA:CPU's float32 copies of bfloat16 operands, their
+all-gathers under fsdp) depends on parameters alone, so XLA would compute it for every block at
+the start of the program, once for both passes, and hold it to the end. XLA's temporaries for the
+release train step (LoRA, bfloat16, 8 frames at 256x256, one device): 13.9 GiB with only the
+inputs tied, 10.0 with the parameters tied in the backward pass, 5.0 in both passes.
 """
 
 from typing import Any
@@ -50,11 +57,11 @@ def remat_call(module: nn.Module, *inputs: Any, static: tuple = (), enabled: boo
     return mdl(*args, *static)
 
   def forward(mdl, *args):
-    return mdl(*args, *static), (mdl.variables['params'], args)
+    params = mdl.variables['params']
+    return unbound.apply({'params': _after(params, args)}, *args, *static), (params, args)
 
   def backward(saved, cotangent):
-    params, args = saved
-    args = _after(args, cotangent)
+    params, args = _after(saved, cotangent)
     _, vjp = jax.vjp(lambda p, a: unbound.apply({'params': p}, *a, *static), params, args)
     params_ct, args_ct = vjp(cotangent)
     return ({'params': params_ct}, *args_ct)

@@ -99,14 +99,45 @@ class Draws(NamedTuple):
   dropout: jax.Array
 
 
+def encode_frames(params: Any, config: vae.VAEConfig, pixels: jax.Array, chunk_size: int | None = None, *,
+                  dtype: Dtype = jnp.float32) -> vae.DiagonalGaussian:
+  """The VAE posterior of every frame of `pixels [B, F, H, W, 3]` (in [-1, 1]), as `[BF, h, w, L]`.
+
+  With `chunk_size` c < F the encoder runs k = F / c passes one after another (a `lax.map`: one
+  pass's activations alive at a time, the full-resolution feature maps of c frames per video
+  instead of F); pass j encodes frames j, j + k, j + 2k, ..., so that with F split over `context`
+  in consecutive blocks (c a multiple of it) every device encodes c / context of its own frames per
+  pass. The encoder sees each frame alone: the posterior is the one of a single pass.
+  """
+  b, f = pixels.shape[:2]
+  if not chunk_size or chunk_size >= f:
+    return vae.encode(params, config, pixels.reshape((b * f,) + pixels.shape[2:]), dtype=dtype)
+  if f % chunk_size:
+    raise ValueError(f'encode chunk size {chunk_size} does not divide the {f} frames')
+  passes = f // chunk_size
+
+  def one_pass(chunk: jax.Array) -> jax.Array:                                        # [B, c, H, W, 3]
+    chunk = sharding.constrain(chunk, sharding.VIDEO + (None, None, None))
+    posterior = vae.encode(params, config, chunk.reshape((b * chunk_size,) + chunk.shape[2:]), dtype=dtype)
+    moments = jnp.concatenate([posterior.mean, posterior.logvar], axis=-1)                # [Bc, h, w, 2L]
+    return moments.reshape((b, chunk_size) + moments.shape[1:])
+
+  # Frame m k + j sits at [j, :, m]: [B, F, ...] -> [B, c, k, ...] -> [k, B, c, ...].
+  chunks = jnp.moveaxis(pixels.reshape((b, chunk_size, passes) + pixels.shape[2:]), 2, 0)
+  chunks = sharding.constrain(chunks, (None,) + sharding.VIDEO + (None, None, None))
+  moments = jnp.moveaxis(jax.lax.map(one_pass, chunks), 0, 2)                          # [B, c, k, h, w, 2L]
+  return vae.DiagonalGaussian.from_moments(moments.reshape((b * f,) + moments.shape[3:]))
+
+
 def encode(params: Any, configs: ModelConfigs, batch: Batch, key: jax.Array, config: LossConfig, *,
-           image_mean, image_std, dtype: Dtype = jnp.float32) -> Encoded:
+           image_mean, image_std, dtype: Dtype = jnp.float32, encode_chunk_size: int | None = None) -> Encoded:
   """Runs the frozen VAE and CLIP on a batch; no gradient flows through it.
 
   Args:
     params: holds at least `vae` and `image_encoder`.
     batch: the data pipeline's batch.
     key: one key; split into the frame posterior draw, the reference noise and its posterior draw.
+    encode_chunk_size: frames of each video per VAE encoder pass (`encode_frames`); None: all.
   Returns:
     `Encoded`: target latents `z = posterior.sample() * scaling_factor`, the undropped CLIP token,
     the unscaled posterior sample of the noise-augmented reference, and the pixels mapped to [-1, 1]
@@ -116,7 +147,7 @@ def encode(params: Any, configs: ModelConfigs, batch: Batch, key: jax.Array, con
   b, f, height, width, _ = batch.frames.shape
   frames_key, reference_key, posterior_key = jax.random.split(key, 3)
   pixels = batch.frames.astype(jnp.float32) / 127.5 - 1.0
-  posterior = vae.encode(params['vae'], configs.vae, pixels.reshape(b * f, height, width, 3), dtype=dtype)
+  posterior = encode_frames(params['vae'], configs.vae, pixels, encode_chunk_size, dtype=dtype)
   latents = posterior.sample(frames_key) * configs.vae.scaling_factor                   # [BF, h, w, 4]
   latents = latents.reshape((b, f) + latents.shape[1:])                                 # -> [B, F, h, w, 4]
   latents = sharding.constrain(latents, sharding.VIDEO + (None, None, None))            # a device's frames

@@ -43,6 +43,7 @@ class StepConfig:
     ema_decay: EMA of the trainable parameters (0: none, the reference).
     remat: recompute UNet blocks in the backward pass (the reference's gradient checkpointing).
     query_chunk_size: spatial attention queries per chunk (`nn.attention`), None for all at once.
+    encode_chunk_size: frames of each video per VAE encoder pass (`loss.encode_frames`), None for all.
     dtype: compute dtype of the networks (the loss is float32 either way).
     image_mean, image_std: CLIP normalisation of the checkpoint.
     lora: low-rank adapters (rank 0: full fine-tuning of the release's subset).
@@ -53,6 +54,7 @@ class StepConfig:
   ema_decay: float
   remat: bool
   query_chunk_size: int | None
+  encode_chunk_size: int | None
   dtype: Dtype
   image_mean: tuple[float, ...]
   image_std: tuple[float, ...]
@@ -89,7 +91,8 @@ def make_batch_loss(config: StepConfig) -> Callable[..., tuple[jax.Array, tuple[
   def batch_loss(trained, frozen, batch: loss_lib.Batch, key: jax.Array):
     encode_key, draw_key = jax.random.split(key)
     inputs = loss_lib.encode(frozen, config.models, batch, encode_key, config.loss, image_mean=config.image_mean,
-                             image_std=config.image_std, dtype=config.dtype)
+                             image_std=config.image_std, dtype=config.dtype,
+                             encode_chunk_size=config.encode_chunk_size)
     draws = loss_lib.draw(draw_key, inputs.latents.shape)
     value, _ = loss_lib.loss(full_params(trained, frozen, config), config.models, networks.unet, inputs, draws,
                              config.loss, config.dtype)

@@ -117,6 +117,11 @@ def check_config(config: Any, workdir: str | os.PathLike) -> None:
   if context > 1 and config.data.num_frames % context:
     raise ValueError(f'data.num_frames {config.data.num_frames} does not split over mesh axis context={context}; '
                      'expected a multiple of it')
+  chunk = config.encode_chunk_size
+  if chunk < 0 or (chunk and (config.data.num_frames % chunk or chunk % context)):
+    raise ValueError(f'encode_chunk_size {chunk} with data.num_frames {config.data.num_frames} and mesh axis '
+                     f'context={context}: expected 0 (all frames at once) or a divisor of num_frames that is a '
+                     'multiple of context')
   # A lower bound of one saved step: the frozen networks and the trained ones at least once.
   init_bytes = _folder_bytes(Path(config.model.init) / checkpoint.PARAMS) if config.model.init else 0
   outputs.check_space(workdir, init_bytes, 'the training checkpoints')
@@ -134,7 +139,8 @@ def step_config(config: Any, ckpt: checkpoint.CheckpointConfig) -> step_lib.Step
   return step_lib.StepConfig(
       models=ckpt.models, loss=loss_lib.LossConfig.from_config(config.loss),
       optimizer=optimizer_lib.OptimizerConfig.from_config(config.optimizer), ema_decay=float(config.ema_decay),
-      remat=bool(config.remat), query_chunk_size=config.query_chunk_size or None, dtype=DTYPES[config.dtype],
+      remat=bool(config.remat), query_chunk_size=config.query_chunk_size or None,
+      encode_chunk_size=config.encode_chunk_size or None, dtype=DTYPES[config.dtype],
       image_mean=ckpt.image_mean, image_std=ckpt.image_std,
       lora=lora_lib.LoraConfig.from_config(config.lora, config.seed % 2**32))
 
@@ -223,10 +229,10 @@ def global_batch_size(config: Any, mesh: Mesh) -> int:
   return config.data.per_device_batch_size * mesh.devices.size // mesh.shape[sharding.CONTEXT]
 
 
-def memory_estimate(config: Any, models: Any, devices: Sequence[jax.Device] | None = None) -> dict[str, float]:
-  """XLA's per-device memory of the compiled step (GiB), compiled from shapes only (no weights), on
-  the config's mesh over `devices` (default: all), with the step's FLOPs per device (XLA's cost
-  analysis) and the compile time in seconds."""
+def assemble_for_shapes(config: Any, models: Any, devices: Sequence[jax.Device] | None = None
+                        ) -> tuple[Assembly, loss_lib.Batch, jax.ShapeDtypeStruct]:
+  """The assembly of `config` for the networks `models` (no checkpoint read) on the config's mesh
+  over `devices` (default: all), with the shapes of a global batch and of the step's key."""
   ckpt = checkpoint.CheckpointConfig(models=models, scheduler=None)
   shape = sharding.parse_mesh_shape(config.mesh.shape) if config.mesh.shape else {}
   mesh = sharding.make_mesh(shape, devices)
@@ -234,13 +240,30 @@ def memory_estimate(config: Any, models: Any, devices: Sequence[jax.Device] | No
   batch = abstract_batch(config, assembly.batch_shardings, global_batch_size(config, mesh),
                          models.face_encoder.id_embeddings_dim)
   key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=NamedSharding(mesh, PartitionSpec()))
+  return assembly, batch, key
+
+
+def model_flops(config: Any, models: Any, devices: Sequence[jax.Device] | None = None) -> float:
+  """The FLOPs of one train step's maths over the whole mesh: XLA's count of the step lowered (not
+  compiled) without remat, with whole attention and one VAE encoder pass, so that nothing is
+  recomputed and no loop hides its trip count (XLA's cost analysis counts a loop's body once)."""
+  plain = config.copy_and_resolve_references()
+  plain.remat, plain.query_chunk_size, plain.encode_chunk_size = False, 0, 0
+  assembly, batch, key = assemble_for_shapes(plain, models, devices)
+  cost = assembly.train_step.lower(assembly.abstract_state, batch, key).cost_analysis()
+  return float(cost['flops'])
+
+
+def memory_estimate(config: Any, models: Any, devices: Sequence[jax.Device] | None = None) -> dict[str, float]:
+  """XLA's per-device memory of the compiled step (GiB), compiled from shapes only (no weights), on
+  the config's mesh over `devices` (default: all), the step's model FLOPs per device
+  (`model_flops`) and the compile time in seconds."""
+  assembly, batch, key = assemble_for_shapes(config, models, devices)
   start = time.perf_counter()
   compiled = assembly.train_step.lower(assembly.abstract_state, batch, key).compile()
   seconds = time.perf_counter() - start
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return dict(memory_gib(compiled), devices=mesh.devices.size, global_batch=batch.frames.shape[0],
-              flops=float((cost or {}).get('flops', float('nan'))), compile_seconds=seconds)
+  return dict(memory_gib(compiled), devices=assembly.mesh.devices.size, global_batch=batch.frames.shape[0],
+              flops=model_flops(config, models, devices) / assembly.mesh.devices.size, compile_seconds=seconds)
 
 
 def memory_gib(compiled: Any) -> dict[str, float]:
