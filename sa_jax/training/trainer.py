@@ -201,10 +201,11 @@ def assemble(step_config: step_lib.StepConfig, mesh: Mesh, rules: Any) -> Assemb
   return Assembly(mesh, state_shardings, batch_shardings, abstract_state, jitted, tx, step_config)
 
 
-def initial_state(assembly: Assembly, params: dict[str, Any]) -> dict[str, Any]:
-  """Step-0 state from full params (host or device arrays), placed in the state shardings."""
+def initial_state(assembly: Assembly, params: dict[str, Any], donate: bool = False) -> dict[str, Any]:
+  """Step-0 state from full params (host or device arrays), placed in the state shardings; with
+  `donate` the state takes over the buffers of device `params` (deleted), holding one copy."""
   init = jax.jit(lambda p: step_lib.init_state(p, assembly.tx, assembly.step_config),
-                 out_shardings=assembly.state_shardings)
+                 out_shardings=assembly.state_shardings, donate_argnums=(0,) if donate else ())
   return init(params)
 
 
