@@ -104,8 +104,9 @@ def _angle(motion: Motion, joint: str, frame: int) -> float:
 
 
 def body_points(who: Identity, motion: Motion, frame: int, num_frames: int, width: int, height: int
-                ) -> tuple[np.ndarray, float]:
-  """The OpenPose-18 body keypoints in pixels `[18, 2]` (x, y) at `frame`, and the head radius."""
+                ) -> tuple[np.ndarray, np.ndarray, float]:
+  """The OpenPose-18 body keypoints in pixels `[18, 2]` (x, y) at `frame`, the head's centre `[2]`
+  and its radius."""
   unit = who.height * height
   t = frame / max(num_frames - 1, 1)
   # The figure spans 0.92 unit (head top 0.52 above the hip, ankles 0.4 below): centred vertically.
@@ -134,7 +135,7 @@ def body_points(who: Identity, motion: Motion, frame: int, num_frames: int, widt
     points[hip_i:hip_i + 3] = hip_joint, knee, ankle
   points[14], points[15] = head + [-0.35 * radius, -0.15 * radius], head + [0.35 * radius, -0.15 * radius]  # eyes
   points[16], points[17] = head + [-0.95 * radius, 0], head + [0.95 * radius, 0]                          # ears
-  return points, radius
+  return points, head, radius
 
 
 def _background(seed: int, index: int, width: int, height: int) -> np.ndarray:
@@ -154,8 +155,9 @@ def _background(seed: int, index: int, width: int, height: int) -> np.ndarray:
   return image
 
 
-def render(who: Identity, points: np.ndarray, radius: float, background: np.ndarray) -> np.ndarray:
-  """The character at `points` (pixels, `body_points`) over `background`, uint8 [H, W, 3]."""
+def render(who: Identity, points: np.ndarray, head: np.ndarray, radius: float, background: np.ndarray
+           ) -> np.ndarray:
+  """The character at `points`, `head`, `radius` (pixels, `body_points`) over `background`, uint8 [H, W, 3]."""
   height, width = background.shape[:2]
   s = _SUPERSAMPLE
   canvas = cv2.resize(background, (width * s, height * s), interpolation=cv2.INTER_NEAREST)
@@ -171,7 +173,6 @@ def render(who: Identity, points: np.ndarray, radius: float, background: np.ndar
     cv2.line(canvas, p(shoulder_i), p(shoulder_i + 1), who.shirt, thick(0.45))
     cv2.line(canvas, p(shoulder_i + 1), p(shoulder_i + 2), who.skin, thick(0.35))
     cv2.circle(canvas, p(shoulder_i + 2), thick(0.3), who.skin, cv2.FILLED)
-  head = (points[14] + points[15]) / 2 + [0, 0.15 * radius]
   centre, r = tuple(int(round(v * s)) for v in head), int(round(radius * s))
   cv2.line(canvas, p(1), centre, who.skin, thick(0.5))     # neck
   cv2.circle(canvas, centre, r, who.skin, cv2.FILLED)
@@ -208,11 +209,10 @@ def write_clip(folder: str | os.PathLike, who: Identity, motion: Motion, backgro
     (folder / kind).mkdir(parents=True)
   records = []
   for i in range(num_frames):
-    points, radius = body_points(who, motion, i, num_frames, width, height)
+    points, head, radius = body_points(who, motion, i, num_frames, width, height)
     pose = _pose(points, width, height)
-    head = (points[14] + points[15]) / 2 + [0, 0.15 * radius]
     box = np.array([[*(head - 1.1 * radius), *(head + 1.1 * radius), 1.0]])
-    frames.save_rgb(folder / 'images' / f'frame_{i}.png', render(who, points, radius, background))
+    frames.save_rgb(folder / 'images' / f'frame_{i}.png', render(who, points, head, radius, background))
     frames.save_rgb(folder / 'poses' / f'frame_{i}.png', skeleton.draw_pose(pose, height, width))
     frames.save_mask(folder / 'faces' / f'frame_{i}.png', faces.face_mask(box, (width, height)))
     records.append({'index': i, 'source': f'{source} frame {i}', **pose.to_dict(), 'faces': box.tolist()})
