@@ -6,7 +6,9 @@ modules for the rest), so a config read from a checkpoint folder and one from he
 data. Full size: 1,550,182,122 UNet parameters including the ID adapter (SPEC §2.1).
 
   get_config()        the release (SVD-xt, ViT-H/14, PoseNet(320), FusionFaceId, IResNet-100)
-  get_config('tiny')  small widths for tests and the bundled demo (runs in seconds on a CPU)
+  get_config('tiny')  small widths for tests (runs in seconds on a CPU)
+  get_config('demo')  a small model trained from scratch on sa-make-dataset characters (64x64;
+                      configs/train.py:demo): UNet 32/64/64/64, VAE 32/64/64/64, IResNet 16/32/64/64
 """
 
 import ml_collections
@@ -41,7 +43,7 @@ def _face_encoder(dim, heads):
 
 
 def get_config(variant: str = '') -> ml_collections.ConfigDict:
-  """Returns the model configs; `variant` is '' (release) or 'tiny'."""
+  """Returns the model configs; `variant` is '' (release), 'tiny' or 'demo'."""
   if variant == '':
     sections = dict(
         unet=_unet([320, 640, 1280, 1280], [5, 10, 20, 20], 1024, 256),
@@ -60,6 +62,15 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
         face_encoder=_face_encoder(128, 2),
         face_embedder=dict(layers=[1, 1, 1, 1], num_features=512),
     )
+  elif variant == 'demo':
+    sections = dict(
+        unet=_unet([64, 128, 128, 128], [2, 4, 4, 4], 128, 64),
+        vae=_vae([32, 64, 64, 64]),
+        image_encoder=_clip(64, 128, 2, 2, 32, 128),
+        pose_net=dict(noise_latent_channels=64),
+        face_encoder=_face_encoder(128, 2),
+        face_embedder=dict(layers=[1, 1, 1, 1], num_features=512, widths=[16, 32, 64, 64]),
+    )
   else:
-    raise ValueError(f"unknown variant {variant!r}; expected '' or 'tiny'")
+    raise ValueError(f"unknown variant {variant!r}; expected '', 'tiny' or 'demo'")
   return ml_collections.ConfigDict(sections)

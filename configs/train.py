@@ -23,6 +23,19 @@ Tiny (`configs/train.py:tiny`): the tiny model with seeded random weights on syn
   Measured on the 2-core CI machine (docs/training.md): 5.5 steps/s after a ~100 s compile; the
   loss (means of 50 steps) falls from 0.72 to about 0.55 over the 600 steps, 3 min 50 s in all.
 
+Demo (`configs/train.py:demo`): the demo model (`configs/svd_xt.py:demo`) trained from scratch
+(`trained='all'`) on `sa-make-dataset` characters at 64x64, 16 frames, from the checkpoint that
+`sa-init-model` writes (docs/training.md, "Training from scratch"):
+
+  sa-make-dataset data/ --clips 256 --eval-clips 16 --size 64
+  sa-init-model --clips data/train --face-embedder data/face_embedder.npz --out runs/init
+  sa-train --config configs/train.py:demo --init runs/init --workdir runs/demo --config.data.roots=data/train
+  sa-train --workdir runs/demo --export_checkpoint runs/demo/model --ema --export_dtype bfloat16
+
+  Not yet a usable model: on this 2-core CPU the dataset took 6 min and sa-init-model's VAE 16 min
+  (1000 steps), whose reconstructions are still coloured blobs (L1 0.26 on [-1, 1] pixels), so the
+  UNet was not trained on it (docs/training.md).
+
 Any field can be overridden with `--config.<section>.<field>=value`; unknown fields are refused.
 """
 
@@ -32,9 +45,11 @@ from sa_jax import sharding
 
 
 def get_config(variant: str = '') -> ml_collections.ConfigDict:
-  """`variant`: '' (release fine-tuning) or 'tiny'."""
-  if variant not in ('', 'tiny'):
-    raise ValueError(f"unknown variant {variant!r}; expected '' or 'tiny'")
+  """`variant`: '' (release fine-tuning), 'tiny' or 'demo'."""
+  if variant not in ('', 'tiny', 'demo'):
+    raise ValueError(f"unknown variant {variant!r}; expected '', 'tiny' or 'demo'")
+  if variant == 'demo':
+    return _demo(get_config('tiny'))
   tiny = variant == 'tiny'
   config = ml_collections.ConfigDict()
   config.seed = 42                  # the run's key: step n draws from fold_in(key, n); data order too
@@ -46,13 +61,15 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   config.encode_chunk_size = 0 if tiny else 4    # frames of each video per VAE encoder pass, the passes
                                     # one after another (0: all at once); a divisor of num_frames, a
                                     # multiple of the mesh's context
+  config.trained = 'release'        # what trains: 'release' (PoseNet, face encoder, the UNet's attention
+                                    # blocks, as the original) or 'all' (every UNet parameter too: from scratch)
   config.ema_decay = 0.0            # EMA of the trained parameters; 0: none (the release)
   config.compile_cache = True       # JAX's persistent compilation cache (a restarted run skips compiling)
   config.compile_cache_dir = ''     # '': $XDG_CACHE_HOME/sa-jax/jax (default ~/.cache/sa-jax/jax)
 
   config.model = dict(
       init='',                      # sa-jax checkpoint to fine-tune (sa-convert of the release)
-      demo=tiny,                    # without init: the tiny demo model with seeded random weights
+      tiny=tiny,                    # without init: the tiny model with seeded random weights
   )
   config.data = dict(
       roots='',                     # comma-separated clip folders, folders of clips, clip lists, packed datasets;
@@ -109,4 +126,17 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
       num_processes=0,              # 0: detected
       process_id=-1,                # -1: detected
   )
+  return config
+
+
+def _demo(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The bundled demo model (`configs/svd_xt.py:demo`) trained from scratch on `sa-make-dataset` clips."""
+  config.trained = 'all'
+  config.num_steps = 2500
+  config.ema_decay = 0.998
+  config.model.tiny = False
+  config.data.update(num_frames=16, stride=1)
+  config.optimizer.update(learning_rate=5e-4, schedule='cosine', warmup_steps=200, decay_steps=2300,
+                          max_grad_norm=1.0)
+  config.checkpoint.every = 500
   return config

@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 
 SAMPLE_DIR = Path(__file__).resolve().parent / 'assets' / 'sample'
 RESOLUTION_MULTIPLE = 64
-DEMO_SEED = 0
+TINY_SEED = 0
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 CASE_MARKER = 'reference.png'
 
@@ -209,19 +209,20 @@ def check_params(params: Mapping[str, Any], models: ModelConfigs) -> None:
                      + '\n  '.join(problems[:50]))
 
 
-def demo_config() -> CheckpointConfig:
-  """The config of the bundled demo model (the tiny model configs)."""
+def tiny_config() -> CheckpointConfig:
+  """The config of the tiny model with random weights (sa-animate's demo without a checkpoint, tests,
+  benchmarks, `sa-train` without a model)."""
   from configs import svd_xt
   return CheckpointConfig(models=ModelConfigs.from_dict(svd_xt.get_config('tiny').to_dict()),
-                          scheduler=diffusion.ScheduleConfig(), source='demo: tiny config, random weights')
+                          scheduler=diffusion.ScheduleConfig(), source='tiny config, random weights')
 
 
-def demo_model() -> tuple[dict[str, Any], CheckpointConfig]:
-  """The bundled demo model: the tiny config with seeded random weights (not a trained model)."""
-  config = demo_config()
+def tiny_model() -> tuple[dict[str, Any], CheckpointConfig]:
+  """The tiny config with seeded random weights (not a trained model)."""
+  config = tiny_config()
   models = config.models
   params = {name: random_init.random_params(stable_animator.BY_NAME[name].abstract_params(getattr(models, name)),
-                                            DEMO_SEED + i) for i, name in enumerate(models.names)}
+                                            TINY_SEED + i) for i, name in enumerate(models.names)}
   return params, config
 
 
@@ -307,10 +308,10 @@ def check_run(run: Any) -> None:
 
 
 def check_checkpoint(checkpoint_dir: str | os.PathLike | None, run: Any) -> CheckpointConfig:
-  """The config of the model a run will use (the demo's without `checkpoint_dir`), checked against
-  the run before any parameter is read."""
+  """The config of the model a run will use (the demo's, the tiny model, without `checkpoint_dir`),
+  checked against the run before any parameter is read."""
   if checkpoint_dir is None:
-    return demo_config()
+    return tiny_config()
   config = checkpoint.load_config(checkpoint_dir)
   if run.hjb.enabled and config.models.face_embedder is None:
     raise ValueError(f'the HJB face correction needs the face embedder, which {checkpoint_dir} lacks: convert '
@@ -509,10 +510,10 @@ def write_outputs(frames: np.ndarray, out: str | os.PathLike, fps: int, overwrit
 def load_model_for(checkpoint_dir: str | os.PathLike | None, run: Any, mesh: Mesh | None = None
                    ) -> tuple[dict[str, Any], CheckpointConfig]:
   """The parameters a run needs (the face embedder only for HJB), read once in the run's dtype and,
-  with a mesh, straight into their shardings; the demo model without `checkpoint_dir`."""
+  with a mesh, straight into their shardings; the demo (the tiny model) without `checkpoint_dir`."""
   names = pipeline.NEEDS + (('face_embedder',) if run.hjb.enabled else ())
   if checkpoint_dir is None:
-    params, config = demo_model()
+    params, config = tiny_model()
     return {n: params[n] for n in names}, config
   config = check_checkpoint(checkpoint_dir, run)
   shardings = None

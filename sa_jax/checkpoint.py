@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import shutil
+import zipfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from flax import traverse_util
 
 from sa_jax import diffusion, errors, outputs
 from sa_jax.models import clip
@@ -244,3 +246,13 @@ def load(directory: str | os.PathLike, networks: Sequence[str] | None = None,
 
 def count_params(tree: Any) -> int:
   return int(sum(np.prod(np.shape(x)) for x in jax.tree.leaves(tree)))
+
+
+def load_npz(path: str | os.PathLike) -> dict[str, Any]:
+  """The parameter tree of a small network stored as one `.npz` of '/'-joined paths (`sa-make-dataset`'s
+  face embedder and keypoint estimator), never unpickling (an object array is refused)."""
+  try:
+    with np.load(path, allow_pickle=False) as arrays:
+      return traverse_util.unflatten_dict({k: arrays[k] for k in arrays.files}, sep='/')
+  except (OSError, ValueError, zipfile.BadZipFile) as err:
+    raise ValueError(f'{path}: not a parameter file of sa-make-dataset (.npz of arrays): {err}') from err

@@ -56,12 +56,14 @@ class Model:
     run: the run settings requests start from (`configs/animate.py`).
     dwpose_dir: the DWPose models for driving videos, or None.
     insightface_root: the antelopev2 models (face embeddings of videos and pose-frame zips), or None.
+    demo: whether this is the demo model (no checkpoint given: the tiny model with random weights).
   """
   params: Mapping[str, Any]
   config: CheckpointConfig
   run: Any
   dwpose_dir: Path | None = None
   insightface_root: Path | None = None
+  demo: bool = False
 
   @property
   def can_prepare(self) -> bool:
@@ -102,7 +104,7 @@ def load_model(checkpoint_dir: str | os.PathLike | None, run: Any, dwpose_dir: s
   params, config = animate.load_model_for(checkpoint_dir, run)
   run.hjb.enabled = False
   return Model(params, config, run, None if dwpose_dir is None else Path(dwpose_dir),
-               None if insightface_root is None else Path(insightface_root))
+               None if insightface_root is None else Path(insightface_root), demo=checkpoint_dir is None)
 
 
 def request_run(base: Any, options: Mapping[str, Any]) -> Any:

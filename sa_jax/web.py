@@ -114,7 +114,7 @@ def _reporter(progress: gr.Progress) -> serve.Progress:
 def _header(model: serve.Model) -> str:
   lines = ['## sa-jax: StableAnimator', 'A reference photo and a pose sequence in, a video of that person '
            'performing the poses out. The first request of a size compiles the model (minutes on a CPU).']
-  if model.config.source.startswith('demo'):
+  if model.demo:
     lines.append('**Demo model**: the tiny config with random weights, so the video is noise. Start '
                  '`sa-web --checkpoint DIR` with a converted release for real results.')
   if not model.can_prepare:

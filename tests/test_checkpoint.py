@@ -24,7 +24,7 @@ def _params(names) -> dict:
 
 @pytest.fixture(scope='module')
 def config() -> checkpoint.CheckpointConfig:
-  return animate.demo_config()
+  return animate.tiny_config()
 
 
 @pytest.fixture

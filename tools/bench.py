@@ -162,7 +162,7 @@ def _denoiser(networks: stable_animator.Networks, config: sampler.SamplerConfig)
 
 def bench_sampler(args: argparse.Namespace) -> None:
   """The one-`lax.scan` sampler vs a Python loop over a jitted single step (same step computation)."""
-  params, config = animate.demo_model()
+  params, config = animate.tiny_model()
   configs = config.models
   frames, height, width = _sample_size(args)
   latents, inputs = _sampler_inputs(configs, frames, height, width)
@@ -198,7 +198,7 @@ def bench_sampler(args: argparse.Namespace) -> None:
 
 def bench_hjb(args: argparse.Namespace) -> None:
   """The HJB face-loss gradient alone (baseline) vs inside a one-iteration loop, as the sampler runs it."""
-  params, config = animate.demo_model()
+  params, config = animate.tiny_model()
   configs = config.models
   frames, height, width = _sample_size(args)
   latents, inputs = _sampler_inputs(configs, frames, height, width)
@@ -483,7 +483,7 @@ def bench_reference(args: argparse.Namespace) -> None:
 def bench_batch(args: argparse.Namespace) -> None:
   """Batched inference: videos per minute of the demo model on the bundled sample, B videos per
   compiled call vs one at a time (the whole pipeline: conditioning, sampler, decode)."""
-  params, config = animate.demo_model()
+  params, config = animate.tiny_model()
   run = _run_settings(args.steps, False)
   run.io.width = run.io.height = 0
   request = animate.load_request(animate.Inputs(folder=animate.SAMPLE_DIR), run,

@@ -4,6 +4,8 @@ r"""`sa-eval`: score generated videos against their ground truth (docs/evaluatio
   sa-eval --clips test/ --checkpoint ckpt/ --out eval/ --steps 25 --width 512 --height 512   # animate, then score
   sa-eval --clips test/ --demo --out eval/ --width 0 --height 0         # the bundled demo model
       [--face-embedder glintr100_torch.pth | --insightface-root ROOT] [--dwpose-dir checkpoints/DWPose]
+  sa-eval --clips data/eval --checkpoint runs/demo/model --out eval/ --width 0 --height 0 \
+      --face-embedder runs/demo/model --pose-estimator data/pose_estimator.npz   # sa-make-dataset characters
 
 Test clips are sa-prep folders holding their ground-truth frames in `images/` (a folder of them, or
 several). With `--checkpoint`/`--demo` every clip is animated first, batched as `sa-animate` does
@@ -60,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
                  'holding the face embedder')
   p.add_argument('--insightface-root', help='CSIM with insightface: ROOT with models/antelopev2')
   p.add_argument('--dwpose-dir', help='pose error: folder with yolox_l.onnx and dw-ll_ucoco_384.onnx')
+  p.add_argument('--pose-estimator', help="pose error on sa-make-dataset's characters: its pose_estimator.npz")
   p.add_argument('--overwrite', action='store_true', help='replace an earlier sa-eval output at --out')
   p.add_argument('--debug', action='store_true', help='show the traceback of an error')
   return p
@@ -118,6 +121,8 @@ def validate(argv: Sequence[str]) -> Job:
     parser.error(f'--metrics {args.metrics}: unknown {unknown}; choose from {",".join(evaluate.METRICS)}')
   if args.face_embedder and args.insightface_root:
     parser.error('give --face-embedder or --insightface-root, not both')
+  if args.dwpose_dir and args.pose_estimator:
+    parser.error('give --dwpose-dir or --pose-estimator, not both')
   clips = clip_io.clip_set(animate.find_cases(args.clips))
   out = Path(args.out)
   staging = outputs.staging_path(out)
@@ -136,7 +141,7 @@ def validate(argv: Sequence[str]) -> Job:
     metrics = tuple(m for m in metrics if m != 'fvd')
   networks, missing = evaluate.check_networks(
       metrics, lpips_net=args.lpips_net, face_embedder=args.face_embedder,
-      insightface_root=args.insightface_root, dwpose_dir=args.dwpose_dir)
+      insightface_root=args.insightface_root, dwpose_dir=args.dwpose_dir, pose_estimator=args.pose_estimator)
   outputs.check_target(out, overwrite=args.overwrite, ours=is_output,
                        inputs=[*(c.folder for c in clips), args.generated, args.checkpoint, *networks.paths()],
                        what='an sa-eval output (a folder with its metrics.json)')

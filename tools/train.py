@@ -4,6 +4,7 @@ r"""`sa-train`: fine-tune StableAnimator (or train the tiny model) into a workdi
       --config.data.roots=animation_data/video_rec_path.txt [--config.mesh.shape=data=2,fsdp=4]
   sa-train --config configs/train.py:tiny --workdir runs/tiny --config.data.roots=clips/
   sa-train --workdir runs/tiny --export runs/tiny/release [--export_step 300] [--ema]
+  sa-train --workdir runs/demo --export_checkpoint runs/demo/model [--ema] [--export_dtype bfloat16]
   sa-train --config configs/train.py --workdir /tmp/x --init ckpt/ --estimate_memory
 
 Metrics go to WORKDIR/metrics.jsonl and TensorBoard files in WORKDIR/tensorboard/; checkpoints to
@@ -11,6 +12,8 @@ WORKDIR/checkpoints/. `--export DIR` writes unet.pth, pose_net.pth and face_enco
 saved step in the release's format (PyTorch StableAnimator loads them), with an export.json manifest;
 `--overwrite` replaces only files of an earlier export that the manifest lists unmodified. The export
 folder may lie inside the workdir but may not be or hold it or the init checkpoint.
+`--export_checkpoint DIR` writes the step as an sa-jax checkpoint instead (with the init checkpoint's
+face embedder), which sa-animate, sa-eval and sa-web read; `--overwrite` replaces only a checkpoint.
 """
 
 import json
@@ -39,9 +42,14 @@ def _flags(argv: Sequence[str]) -> flags.FlagValues:
   flags.DEFINE_string('init', None, 'sa-jax checkpoint to fine-tune (sets config.model.init)', flag_values=values)
   flags.DEFINE_string('export', None, 'write the release .pth files of a saved step to this folder and stop',
                       flag_values=values)
+  flags.DEFINE_string('export_checkpoint', None, 'write an sa-jax checkpoint of a saved step (sa-animate '
+                      '--checkpoint reads it) to this folder and stop', flag_values=values)
+  flags.DEFINE_enum('export_dtype', 'float32', ['float32', 'bfloat16'], '--export_checkpoint: stored dtype',
+                    flag_values=values)
   flags.DEFINE_integer('export_step', None, 'step to export (default: the latest)', flag_values=values)
   flags.DEFINE_bool('ema', False, 'export the EMA of the trained parameters', flag_values=values)
-  flags.DEFINE_bool('overwrite', False, 'let --export replace existing .pth files', flag_values=values)
+  flags.DEFINE_bool('overwrite', False, 'let --export replace existing .pth files (--export_checkpoint: a '
+                    'checkpoint)', flag_values=values)
   flags.DEFINE_bool('estimate_memory', False, "print XLA's per-device memory of the step and stop",
                     flag_values=values)
   flags.DEFINE_bool('progress', True, 'show a progress bar', flag_values=values)
@@ -77,6 +85,13 @@ def _main(argv: Sequence[str]) -> None:
     trainer.check_config(config, values.workdir)
     estimate = trainer.memory_estimate(config, trainer.model_config(config).models)
     sys.stdout.write(json.dumps(estimate) + '\n')
+    return
+  if values.export and values.export_checkpoint:
+    raise ValueError('--export and --export_checkpoint: give one')
+  if values.export_checkpoint:
+    out = trainer.export_checkpoint(values.workdir, values.export_checkpoint, values.export_step, values.ema,
+                                    values.overwrite, values.export_dtype)
+    logger.info('exported %s', out)
     return
   if values.export:
     from convert import release

@@ -10,8 +10,10 @@ Each clip is written as `sa-prep --no-align` writes training data: `images/`, `p
 of each frame drawn by `sa_jax.prep.skeleton`, the code sa-prep draws with, from the OpenPose-18 body
 keypoints of the character), `faces/` (the head box as a mask, `sa_jax.prep.faces.face_mask`),
 `keypoints.json` (sa-prep's format: `sa-prep draw` redraws `poses/`), and `face_embeddings.npy`
-([L, 512] float32: the identity's unit vector with a little per-frame noise, until a face embedder
-trained on the identities provides them).
+([L, 512] float32 unit rows: the faces embedded by a face embedder trained on the training clips'
+identities, `write_dataset(face_embedder=...)`, or without one each identity's random unit vector
+with a little per-frame noise). Evaluation clips are also sa-animate cases: their first frame is
+`reference.png`, with `reference_face_mask.png` and its `face_embedding.npy`.
 
 `write_dataset` splits identities and motions: training clips combine the first `identities` and
 `motions`; evaluation clips combine held-out identities with held-out motions, so an evaluation
@@ -24,19 +26,21 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import cv2
 import numpy as np
 from tqdm import tqdm
 
-from sa_jax.data.clip_files import EMBEDDING_DIM, PER_FRAME
+from sa_jax.data.clip_files import EMBEDDING_DIM, PER_FRAME, SINGLE
 from sa_jax.prep import faces, frames, keypoints, pipeline, skeleton, staging
 
 logger = logging.getLogger(__name__)
 
 DATASET_FILE = 'dataset.json'
 DATASET_FORMAT = 'sa-jax character dataset 1'
+EMBEDDER_FILE = 'face_embedder.npz'    # the trained face embedder's parameters, '/'-joined paths
+POSE_ESTIMATOR_FILE = 'pose_estimator.npz'   # the trained keypoint estimator's, likewise
 _WHAT = 'an sa-make-dataset output folder (no dataset.json of sa-make-dataset, or other files in it)'
 _IDENTITY, _MOTION, _BACKGROUND, _EMBEDDING, _PLAN = range(5)   # the kinds of draws (rng streams)
 _SUPERSAMPLE = 4                # frames are drawn at 4x and downsampled (anti-aliased edges)
@@ -200,34 +204,56 @@ def _pose(points: np.ndarray, width: int, height: int) -> keypoints.Pose:
   return keypoints.Pose(normalised, scores, width, height)
 
 
-def write_clip(folder: str | os.PathLike, who: Identity, motion: Motion, background: np.ndarray,
-               embedding: np.ndarray, num_frames: int, rng: np.random.Generator, source: str) -> None:
-  """One clip (the layout above) of `num_frames` frames at the background's size into the new `folder`."""
+def write_clip(folder: str | os.PathLike, who: Identity, motion: Motion, background: np.ndarray, num_frames: int,
+               source: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """One clip (the layout above, without its embeddings) of `num_frames` frames at the background's
+  size into the new `folder`. Returns its frames uint8 `[F, H, W, 3]`, face masks uint8 `[F, H, W]`
+  and body keypoints `[F, 18, 2]` as (x / W, y / H)."""
   folder = Path(folder)
   height, width = background.shape[:2]
   for kind in ('images', 'poses', 'faces'):
     (folder / kind).mkdir(parents=True)
-  records = []
+  records, images, masks, body = [], [], [], []
   for i in range(num_frames):
     points, head, radius = body_points(who, motion, i, num_frames, width, height)
     pose = _pose(points, width, height)
+    body.append(points / [width, height])
     box = np.array([[*(head - 1.1 * radius), *(head + 1.1 * radius), 1.0]])
-    frames.save_rgb(folder / 'images' / f'frame_{i}.png', render(who, points, head, radius, background))
+    images.append(render(who, points, head, radius, background))
+    masks.append(faces.face_mask(box, (width, height)))
+    frames.save_rgb(folder / 'images' / f'frame_{i}.png', images[-1])
     frames.save_rgb(folder / 'poses' / f'frame_{i}.png', skeleton.draw_pose(pose, height, width))
-    frames.save_mask(folder / 'faces' / f'frame_{i}.png', faces.face_mask(box, (width, height)))
+    frames.save_mask(folder / 'faces' / f'frame_{i}.png', masks[-1])
     records.append({'index': i, 'source': f'{source} frame {i}', **pose.to_dict(), 'faces': box.tolist()})
   record = {'format': pipeline.FORMAT, 'layout': pipeline.LAYOUT, 'coordinates': 'x / width, y / height',
             'generation_size': {'width': width, 'height': height}, 'reference': None, 'alignment': None,
             'frames': records}
   (folder / pipeline.KEYPOINTS_FILE).write_text(json.dumps(record))
-  rows = embedding + 0.05 * rng.standard_normal((num_frames, EMBEDDING_DIM))
-  np.save(folder / PER_FRAME, (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32))
+  return np.stack(images), np.stack(masks), np.stack(body)
+
+
+def write_embeddings(folder: Path, embeddings: np.ndarray, reference: np.ndarray | None = None,
+                     reference_mask: np.ndarray | None = None) -> None:
+  """A clip's `face_embeddings.npy` (`[F, 512]`); with a reference, also the files of an sa-animate
+  case: `reference.png`, `reference_face_mask.png` and its `face_embedding.npy` (row 0)."""
+  np.save(folder / PER_FRAME, embeddings.astype(np.float32))
+  if reference is not None:
+    frames.save_rgb(folder / 'reference.png', reference)
+    frames.save_mask(folder / 'reference_face_mask.png', reference_mask)
+    np.save(folder / SINGLE, embeddings[0].astype(np.float32))
 
 
 def identity_embedding(seed: int, index: int) -> np.ndarray:
-  """The face embedding of an identity: a unit vector `[512]` of its own."""
+  """The random face embedding of an identity (without a trained face embedder): a unit vector `[512]`."""
   vector = np.random.default_rng([seed, _EMBEDDING, index]).standard_normal(EMBEDDING_DIM)
   return vector / np.linalg.norm(vector)
+
+
+def _random_embeddings(seed: int, clip: int, who: int, num_frames: int) -> np.ndarray:
+  """`[F, 512]` unit rows: the identity's vector with a little noise per frame."""
+  rng = np.random.default_rng([seed, _EMBEDDING, who, clip])
+  rows = identity_embedding(seed, who) + 0.05 * rng.standard_normal((num_frames, EMBEDDING_DIM))
+  return rows / np.linalg.norm(rows, axis=1, keepdims=True)
 
 
 def is_dataset_folder(folder: Path) -> bool:
@@ -237,7 +263,7 @@ def is_dataset_folder(folder: Path) -> bool:
   except (OSError, ValueError):
     return False
   return (isinstance(record, dict) and record.get('format') == DATASET_FORMAT
-          and {p.name for p in folder.iterdir()} <= {DATASET_FILE, 'train', 'eval'})
+          and {p.name for p in folder.iterdir()} <= {DATASET_FILE, EMBEDDER_FILE, POSE_ESTIMATOR_FILE, 'train', 'eval'})
 
 
 def check_dataset_target(root: str | os.PathLike, overwrite: bool = False) -> None:
@@ -246,15 +272,41 @@ def check_dataset_target(root: str | os.PathLike, overwrite: bool = False) -> No
   staging.check_target(root, overwrite, is_dataset_folder, what=_WHAT)
 
 
+class PoseEstimator(Protocol):
+  """What `write_dataset` trains on the training clips' frames and body keypoints, for the pose error
+  of generated frames (`sa_jax.training.keypoint_net.Trainer`)."""
+
+  def fit(self, frames: np.ndarray, points: np.ndarray) -> dict[str, np.ndarray]:
+    """uint8 frames `[N, H, W, 3]`, keypoints `[N, 18, 2]` as (x / W, y / H) -> flat parameters."""
+
+
+class FaceEmbedder(Protocol):
+  """What `write_dataset` trains on the training clips' faces and embeds every clip's faces with
+  (`sa_jax.training.face_embedder.Trainer`)."""
+
+  def fit(self, frames: np.ndarray, masks: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
+    """uint8 frames `[N, H, W, 3]`, face masks `[N, H, W]`, identity labels `[N]` -> flat parameters."""
+
+  def embed(self, params: dict[str, np.ndarray], frames: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Unit embeddings `[N, 512]` of the faces in the masks' boxes."""
+
+
 def write_dataset(root: str | os.PathLike, *, clips: int, eval_clips: int, identities: int, motions: int,
                   held_out_identities: int, held_out_motions: int, num_frames: int, width: int, height: int,
-                  seed: int = 0, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+                  seed: int = 0, overwrite: bool = False, progress: bool = True,
+                  face_embedder: FaceEmbedder | None = None, pose_estimator: PoseEstimator | None = None
+                  ) -> dict[str, Any]:
   """Writes `root/train/<5-digit id>/` and `root/eval/<5-digit id>/` clips and `root/dataset.json`.
 
   Training clip i shows identity and motion drawn from the first `identities` and `motions`;
-  evaluation clips show identities `identities ..` and motions `motions ..` (held out). Each clip
-  has its own background. The dataset is built next to `root` and renamed into place when complete;
-  `root` must be absent or empty, or with `overwrite` an earlier output of this function.
+  evaluation clips show identities `identities ..` and motions `motions ..` (held out), and are
+  also sa-animate cases (their first frame as the reference). Each clip has its own background.
+  With `face_embedder`, it is trained on the training clips' faces, saved as `root/face_embedder.npz`
+  and gives every clip's embeddings; without, each identity has a random unit vector. With
+  `pose_estimator`, it is trained on the training clips' frames and keypoints and saved as
+  `root/pose_estimator.npz` (`sa-eval --pose-estimator`: the pose error of generated frames). The dataset
+  is built next to `root` and renamed into place when complete; `root` must be absent or empty, or
+  with `overwrite` an earlier output of this function.
 
   Returns:
     the `dataset.json` record: the arguments and, per clip, its split, folder, identity and motion.
@@ -270,15 +322,30 @@ def write_dataset(root: str | os.PathLike, *, clips: int, eval_clips: int, ident
   plan = [('train', i, int(rng.integers(0, identities)), int(rng.integers(0, motions))) for i in range(clips)]
   plan += [('eval', i, identities + int(rng.integers(0, held_out_identities)),
             motions + int(rng.integers(0, held_out_motions))) for i in range(eval_clips)]
-  entries = []
+  entries, rendered = [], []
   with staging.staged_dir(root, overwrite, is_dataset_folder, what=_WHAT) as folder:
     for n, (split, i, who, how) in enumerate(tqdm(plan, desc='clips', unit='clip', disable=not progress or None)):
       name = f'{split}/{i:05d}'
-      write_clip(folder / name, make_identity(seed, who), make_motion(seed, how), _background(seed, n, width, height),
-                 identity_embedding(seed, who), num_frames, np.random.default_rng([seed, _EMBEDDING, who, n]),
-                 f'character {who} motion {how}')
+      rendered.append(write_clip(folder / name, make_identity(seed, who), make_motion(seed, how),
+                                 _background(seed, n, width, height), num_frames, f'character {who} motion {how}'))
       entries.append({'split': split, 'folder': name, 'identity': who, 'motion': how})
-    record = {'format': DATASET_FORMAT, 'seed': seed, 'eval_clips': eval_clips, **sizes, 'clips': entries}
+    train = [r for r, (split, *_) in zip(rendered, plan) if split == 'train']
+    if face_embedder is None:
+      embeddings = [_random_embeddings(seed, n, who, num_frames) for n, (_, _, who, _) in enumerate(plan)]
+    else:
+      params = face_embedder.fit(np.concatenate([f for f, _, _ in train]), np.concatenate([m for _, m, _ in train]),
+                                 np.repeat([who for split, _, who, _ in plan if split == 'train'], num_frames))
+      np.savez(folder / EMBEDDER_FILE, **params)
+      embeddings = [face_embedder.embed(params, f, m) for f, m, _ in rendered]
+    if pose_estimator is not None:
+      np.savez(folder / POSE_ESTIMATOR_FILE, **pose_estimator.fit(np.concatenate([f for f, _, _ in train]),
+                                                                    np.concatenate([p for _, _, p in train])))
+    for entry, (images, masks, _), rows in zip(entries, rendered, embeddings):
+      reference = (images[0], masks[0]) if entry['split'] == 'eval' else (None, None)
+      write_embeddings(folder / entry['folder'], rows, *reference)
+    record = {'format': DATASET_FORMAT, 'seed': seed, 'eval_clips': eval_clips, **sizes,
+              'face_embedder': EMBEDDER_FILE if face_embedder is not None else None,
+              'pose_estimator': POSE_ESTIMATOR_FILE if pose_estimator is not None else None, 'clips': entries}
     (folder / DATASET_FILE).write_text(json.dumps(record, indent=1))
   logger.info('wrote %d training and %d evaluation clips of %d frames at %dx%d to %s', clips, eval_clips,
               num_frames, width, height, root)

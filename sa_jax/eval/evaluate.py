@@ -14,10 +14,10 @@ from typing import Any
 import cv2
 import numpy as np
 
-from sa_jax import animate
+from sa_jax import animate, checkpoint
 from sa_jax.eval import clips as clip_io
 from sa_jax.eval import face, fvd, metrics, pose, report, weights
-from sa_jax.models import iresnet
+from sa_jax.models import iresnet, keypoint_net
 from sa_jax.prep import faces, model_files
 from sa_jax.prep import frames as frame_io
 from sa_jax.prep.dwpose import PoseEstimator
@@ -39,16 +39,19 @@ class NetworkFiles:
     face_embedder: CSIM with our IResNet: the release's `glintr100_torch.pth` or an sa-jax checkpoint.
     insightface_root: CSIM with insightface antelopev2 under this root.
     dwpose: pose error: the (detector, pose model) ONNX files.
+    pose_estimator: pose error on synthetic characters: `sa-make-dataset`'s `pose_estimator.npz`.
   """
   lpips_net: str | None = None
   fvd: bool = False
   face_embedder: Path | None = None
   insightface_root: Path | None = None
   dwpose: tuple[Path, Path] | None = None
+  pose_estimator: Path | None = None
 
   def paths(self) -> list[Path]:
     """The input files and folders these networks are read from."""
-    return [p for p in (self.face_embedder, self.insightface_root, *(self.dwpose or ())) if p is not None]
+    return [p for p in (self.face_embedder, self.insightface_root, *(self.dwpose or ()), self.pose_estimator)
+            if p is not None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,12 +62,12 @@ class Networks:
     lpips: per-frame LPIPS of uint8 `[N, H, W, 3]` pairs (`lpips.make_lpips`).
     i3d: I3D features of uint8 videos `[N, 16, H, W, 3]` -> `[N, 400]` (`fvd.make_i3d`).
     face: the CSIM embedder: `(params, IResNetConfig)` of our IResNet, or an insightface `FaceAnalysis`.
-    pose: the DWPose estimator.
+    pose: the DWPose estimator, or the keypoint estimator of synthetic characters (`keypoint_net.Estimator`).
   """
   lpips: Callable[[Any, Any], Any] | None = None
   i3d: Callable[[Any], Any] | None = None
   face: tuple[Any, iresnet.IResNetConfig] | faces.FaceAnalysis | None = None
-  pose: PoseEstimator | None = None
+  pose: PoseEstimator | keypoint_net.Estimator | None = None
 
 
 def load_networks(files: NetworkFiles, face_embedder: tuple[Any, iresnet.IResNetConfig] | None = None
@@ -77,7 +80,8 @@ def load_networks(files: NetworkFiles, face_embedder: tuple[Any, iresnet.IResNet
       i3d=fvd.make_i3d() if files.fvd else None,
       face=face_embedder if face_embedder is not None else (
           faces.load_face_analysis(files.insightface_root) if files.insightface_root else None),
-      pose=PoseEstimator(*map(str, files.dwpose)) if files.dwpose else None)
+      pose=PoseEstimator(*map(str, files.dwpose)) if files.dwpose else (
+          keypoint_net.Estimator(checkpoint.load_npz(files.pose_estimator)) if files.pose_estimator else None))
 
 
 def output_bytes(clip: clip_io.Clip, count: int) -> int:
@@ -170,7 +174,7 @@ def check_clip_files(clip: clip_io.Clip, files: NetworkFiles, count: int) -> Non
     needs += [REFERENCE_MASK, FACES]
   elif files.insightface_root is not None:
     needs += [FACE_EMBEDDING]
-  if files.dwpose is not None:
+  if files.dwpose is not None or files.pose_estimator is not None:
     needs += [KEYPOINTS]
   for name in needs:
     if not (clip.folder / name).exists():
@@ -183,13 +187,13 @@ def check_clip_files(clip: clip_io.Clip, files: NetworkFiles, count: int) -> Non
 
 
 def check_networks(names: Sequence[str], *, lpips_net: str = 'alexnet', face_embedder: str | None = None,
-                   insightface_root: str | None = None, dwpose_dir: str | None = None
-                   ) -> tuple[NetworkFiles, dict[str, str]]:
+                   insightface_root: str | None = None, dwpose_dir: str | None = None,
+                   pose_estimator: str | None = None) -> tuple[NetworkFiles, dict[str, str]]:
   """Where each requested metric's network comes from, its files checked (one-line errors naming a
   given path that cannot serve), before anything is loaded. Returns the files and, for each metric
   that cannot run because its network was not given, the reason (the others still run)."""
   skipped = {}
-  face = root = dwpose = None
+  face = root = dwpose = estimator = None
   if 'lpips' in names:
     weights.check(weights.LPIPS_WEIGHTS[lpips_net])
   if 'fvd' in names:
@@ -206,9 +210,13 @@ def check_networks(names: Sequence[str], *, lpips_net: str = 'alexnet', face_emb
       skipped['csim'] = ('no face embedder: give --face-embedder glintr100_torch.pth (or a checkpoint holding '
                          'it) or --insightface-root ROOT')
   if 'pose' in names:
-    if dwpose_dir is None:
-      skipped['pose'] = 'no DWPose models: give --dwpose-dir DIR (yolox_l.onnx, dw-ll_ucoco_384.onnx)'
+    if pose_estimator is not None:
+      estimator = Path(pose_estimator)
+      checkpoint.load_npz(estimator)                                   # readable, no pickles
+    elif dwpose_dir is None:
+      skipped['pose'] = ('no DWPose models: give --dwpose-dir DIR (yolox_l.onnx, dw-ll_ucoco_384.onnx), or '
+                         "--pose-estimator with sa-make-dataset's pose_estimator.npz for its characters")
     else:
       dwpose = model_files.dwpose_files(dwpose_dir)
   return NetworkFiles(lpips_net=lpips_net if 'lpips' in names else None, fvd='fvd' in names,
-                      face_embedder=face, insightface_root=root, dwpose=dwpose), skipped
+                      face_embedder=face, insightface_root=root, dwpose=dwpose, pose_estimator=estimator), skipped

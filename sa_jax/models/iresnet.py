@@ -39,13 +39,15 @@ class IResNetConfig:
   """Attributes:
     layers: IBasicBlocks per stage (4 entries; see `LAYERS`).
     num_features: embedding width.
+    widths: channels of the four stages (the release's `WIDTHS`; narrower for the demo model).
   """
   layers: tuple[int, ...] = LAYERS['r100']
   num_features: int = 512
+  widths: tuple[int, ...] = WIDTHS
 
   @classmethod
   def from_dict(cls, d: Mapping[str, Any]) -> 'IResNetConfig':
-    """From `configs/svd_xt.py` `face_embedder` / a case config (`layers`, `num_features`).
+    """From `configs/svd_xt.py` `face_embedder` / a case config (`layers`, `num_features`, `widths`).
 
     `layers` may also be an architecture name ('r100'); unknown keys are a ValueError.
     """
@@ -61,7 +63,10 @@ class IResNetConfig:
     layers = tuple(int(n) for n in layers)
     if len(layers) != 4 or min(layers) < 1:
       raise ValueError(f'IResNet layers must be 4 positive block counts, got {layers}')
-    return cls(layers=layers, num_features=int(d.get('num_features', cls.num_features)))
+    widths = tuple(int(n) for n in d.get('widths', cls.widths))
+    if len(widths) != 4 or min(widths) < 1:
+      raise ValueError(f'IResNet widths must be 4 positive channel counts, got {widths}')
+    return cls(layers=layers, num_features=int(d.get('num_features', cls.num_features)), widths=widths)
 
 
 def _conv(features: int, kernel: int, stride: int, name: str, **kw) -> nn.Conv:
@@ -129,13 +134,13 @@ class IResNet(nn.Module):
     if faces.ndim != 4 or faces.shape[1:] != (INPUT_SIZE, INPUT_SIZE, 3):
       raise ValueError(f'faces must be [N, {INPUT_SIZE}, {INPUT_SIZE}, 3], got shape {faces.shape}')
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    x = _conv(WIDTHS[0], 3, 1, 'conv1', **kw)(faces.astype(self.dtype))
+    x = _conv(self.config.widths[0], 3, 1, 'conv1', **kw)(faces.astype(self.dtype))
     x = BatchNorm(BN_EPS, name='bn1', **kw)(x)
     x = PReLU(self.param_dtype, name='prelu')(x)
-    for stage, (width, blocks) in enumerate(zip(WIDTHS, self.config.layers), start=1):
+    for stage, (width, blocks) in enumerate(zip(self.config.widths, self.config.layers), start=1):
       for block in range(blocks):
         x = IBasicBlock(width, stride=2 if block == 0 else 1, name=f'layer{stage}_{block}', **kw)(x)
-    x = BatchNorm(BN_EPS, name='bn2', **kw)(x)                     # [N, 7, 7, 512]
+    x = BatchNorm(BN_EPS, name='bn2', **kw)(x)                     # [N, 7, 7, widths[-1]]
     # SPEC §7.1: torch flattens (C, H, W); the fc weights expect that order, so go NCHW first.
     x = jnp.transpose(x, (0, 3, 1, 2))                              # [N, H, W, C] -> [N, C, H, W]
     x = x.reshape(x.shape[0], -1)                                   # [N, C, H, W] -> [N, C*H*W]

@@ -19,19 +19,22 @@ from flax import traverse_util
 from sa_jax.models.stable_animator import BY_NAME
 
 TRAINED_BLOCK = 'attentions'   # UNet sub-tree prefix that is trained (`down_blocks_0/attentions_0/...`)
+SUBSETS = ('release', 'all')    # what trains: the reference's subset, or every parameter of the trained
+                                # networks (UNet, PoseNet, face encoder: training from scratch)
 
 
-def is_trainable(network: str, path: tuple[str, ...]) -> bool:
-  """Whether the parameter at `path` of `network` is trained (the reference's name test)."""
+def is_trainable(network: str, path: tuple[str, ...], subset: str = 'release') -> bool:
+  """Whether the parameter at `path` of `network` is trained: the reference's name test for
+  `subset='release'`, every parameter of UNet, PoseNet and face encoder for 'all'."""
   if not BY_NAME[network].trained:
     return False
-  return network != 'unet' or any(part.startswith(TRAINED_BLOCK) for part in path)
+  return subset == 'all' or network != 'unet' or any(part.startswith(TRAINED_BLOCK) for part in path)
 
 
-def partition(params: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+def partition(params: Mapping[str, Any], subset: str = 'release') -> tuple[dict[str, Any], dict[str, Any]]:
   """`{network: tree}` -> `(trainable, frozen)`, two nested dicts with disjoint leaves; `merge` undoes it."""
   flat = traverse_util.flatten_dict(dict(params))
-  trainable = {p: v for p, v in flat.items() if is_trainable(p[0], p[1:])}
+  trainable = {p: v for p, v in flat.items() if is_trainable(p[0], p[1:], subset)}
   frozen = {p: v for p, v in flat.items() if p not in trainable}
   return traverse_util.unflatten_dict(trainable), traverse_util.unflatten_dict(frozen)
 

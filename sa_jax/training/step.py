@@ -3,8 +3,8 @@
 The state is a plain dict (big_vision style), a pytree:
 
   step        int32 `[]`, the number of steps taken
-  params      the trained parameters `{unet: <attentions only>, pose_net, face_encoder}`, or with
-              LoRA the adapters (`lora.py`)
+  params      the trained parameters `{unet: <attentions only, or all>, pose_net, face_encoder}`, or
+              with LoRA the adapters (`lora.py`)
   opt_state   the optimiser state of `params`
   ema         (only with `ema_decay > 0`) an exponential moving average of `params`
   frozen      the frozen parameters (VAE, CLIP, the rest of the UNet; with LoRA every network
@@ -47,6 +47,7 @@ class StepConfig:
     dtype: compute dtype of the networks (the loss is float32 either way).
     image_mean, image_std: CLIP normalisation of the checkpoint.
     lora: low-rank adapters (rank 0: full fine-tuning of the release's subset).
+    trained: `optimizer.SUBSETS`: the release's subset, or 'all' of UNet, PoseNet and face encoder.
   """
   models: ModelConfigs
   loss: loss_lib.LossConfig
@@ -59,6 +60,7 @@ class StepConfig:
   image_mean: tuple[float, ...]
   image_std: tuple[float, ...]
   lora: lora_lib.LoraConfig
+  trained: str = 'release'
 
 
 def init_state(params: dict[str, Any], tx: optax.GradientTransformation, config: StepConfig) -> State:
@@ -66,7 +68,7 @@ def init_state(params: dict[str, Any], tx: optax.GradientTransformation, config:
   if config.lora.enabled:
     trainable, frozen = lora_lib.init_adapters(params, config.lora), params
   else:
-    trainable, frozen = optimizer_lib.partition(params)
+    trainable, frozen = optimizer_lib.partition(params, config.trained)
   state = dict(step=jnp.zeros((), jnp.int32), params=trainable, opt_state=tx.init(trainable), frozen=frozen)
   if config.ema_decay > 0:
     state['ema'] = jax.tree.map(jnp.copy, trainable)

@@ -69,6 +69,11 @@ def check_config(config: Any, workdir: str | os.PathLike) -> None:
       value = value[part]
     if value < minimum:
       problems.append(f'{name} is {value}, expected >= {minimum}')
+  if config.trained not in optimizer_lib.SUBSETS:
+    problems.append(f'trained {config.trained!r}, expected one of {optimizer_lib.SUBSETS}')
+  elif config.trained != 'release' and config.lora.rank:
+    problems.append(f'trained {config.trained!r} with lora.rank {config.lora.rank}: LoRA adapts the release\'s '
+                    "subset; expected trained='release'")
   if config.dtype not in DTYPES:
     problems.append(f'dtype {config.dtype!r}, expected one of {sorted(DTYPES)}')
   if not 0.0 <= config.ema_decay < 1.0:
@@ -81,9 +86,9 @@ def check_config(config: Any, workdir: str | os.PathLike) -> None:
     if not os.path.isfile(os.path.join(config.model.init, checkpoint.CONFIG)):
       problems.append(f'model.init {config.model.init} is not an sa-jax checkpoint (no {checkpoint.CONFIG}; '
                       'make one with sa-convert)')
-  elif not config.model.demo:
+  elif not config.model.tiny:
     problems.append('model.init is empty: give a converted release checkpoint (sa-convert), or set '
-                    'model.demo=True for the tiny demo model')
+                    'model.tiny=True for the tiny model with random weights')
   if config.checkpoint.every % config.log_every:
     problems.append(f'checkpoint.every {config.checkpoint.every} is not a multiple of log_every '
                     f'{config.log_every} (a resumed run would log other averages)')
@@ -142,7 +147,7 @@ def step_config(config: Any, ckpt: checkpoint.CheckpointConfig) -> step_lib.Step
       remat=bool(config.remat), query_chunk_size=config.query_chunk_size or None,
       encode_chunk_size=config.encode_chunk_size or None, dtype=DTYPES[config.dtype],
       image_mean=ckpt.image_mean, image_std=ckpt.image_std,
-      lora=lora_lib.LoraConfig.from_config(config.lora, config.seed % 2**32))
+      lora=lora_lib.LoraConfig.from_config(config.lora, config.seed % 2**32), trained=config.trained)
 
 
 def data_config(config: Any) -> clips.DataConfig:
@@ -281,17 +286,17 @@ def memory_gib(compiled: Any) -> dict[str, float]:
 # ----------------------------------------------------------------------------------------- model
 
 def model_config(config: Any) -> checkpoint.CheckpointConfig:
-  """The checkpoint config of the model to train (`model.init`, or the tiny demo model), without
+  """The checkpoint config of the model to train (`model.init`, or the tiny model), without
   the face embedder (it serves only the HJB correction) and without reading weights."""
-  ckpt = checkpoint.load_config(config.model.init) if config.model.init else animate.demo_config()
+  ckpt = checkpoint.load_config(config.model.init) if config.model.init else animate.tiny_config()
   return dataclasses.replace(ckpt, models=dataclasses.replace(ckpt.models, face_embedder=None))
 
 
 def load_model(config: Any) -> dict[str, Any]:
-  """The params to fine-tune: those of `model.init`, or the tiny demo model's; no face embedder."""
+  """The params to train: those of `model.init`, or the tiny model's; no face embedder."""
   if config.model.init:
     return checkpoint.load(config.model.init, networks=model_config(config).models.names)[0]
-  params, _ = animate.demo_model()
+  params, _ = animate.tiny_model()
   params.pop('face_embedder', None)
   return params
 
@@ -416,7 +421,7 @@ def train(config: Any, workdir: str | os.PathLike, *, progress: bool = True) -> 
       manager.save_frozen(state['frozen'])   # replaces what an attempt without a checkpoint left
       writer.truncate_after(0)      # lines of an earlier attempt that never reached a checkpoint
       start = 0
-      logger.info('training from step 0 (%s)', config.model.init or 'demo model')
+      logger.info('training from step 0 (%s)', config.model.init or 'tiny model')
     else:
       state = manager.restore(start, assembly.abstract_state, data)
       writer.truncate_after(start)
@@ -434,7 +439,7 @@ def train(config: Any, workdir: str | os.PathLike, *, progress: bool = True) -> 
 
 # Settings a resumed run must share with the run it continues (num_steps, logging, checkpointing
 # and the mesh may change as long as the process count and the global batch stay).
-RESUME_FIXED = ('seed', 'dtype', 'remat', 'ema_decay', 'model', 'loss', 'optimizer', 'lora', 'data.roots',
+RESUME_FIXED = ('seed', 'trained', 'dtype', 'remat', 'ema_decay', 'model', 'loss', 'optimizer', 'lora', 'data.roots',
                 'data.width', 'data.height', 'data.num_frames', 'data.stride', 'data.worker_count', 'model_config',
                 'runtime.process_count', 'runtime.global_batch_size')
 
@@ -501,6 +506,24 @@ def _loop(config, assembly, state, start, data: Iterator, manager, writer, saved
 def exported_params(workdir: str | os.PathLike, step: int | None = None, ema: bool = False) -> dict[str, Any]:
   """The full parameters of a saved step of `workdir` (default: the latest), rebuilt from the settings
   and model config saved with it."""
+  step, saved = saved_settings(workdir, step)
+  config = ml_collections.ConfigDict({k: v for k, v in saved.items() if k not in ('model_config', 'runtime')})
+  if 'trained' not in config:       # runs saved before the setting existed trained the release's subset
+    config.trained = 'release'
+  if ema and config.ema_decay <= 0:
+    raise ValueError(f'--ema: the run of {workdir} has ema_decay {config.ema_decay}, no EMA to export')
+  ckpt = checkpoint.CheckpointConfig.from_json(saved['model_config'])
+  mesh = sharding.make_mesh({'fsdp': -1})
+  assembly = assemble(step_config(config, ckpt), mesh, sharding.rules_from_config(config.mesh.rules))
+  manager = run_checkpoints.RunCheckpoints(workdir, max_to_keep=1, async_save=False)
+  try:
+    return jax.device_get(trained_params(manager.restore(step, assembly.abstract_state), assembly.step_config, ema))
+  finally:
+    manager.close()
+
+
+def saved_settings(workdir: str | os.PathLike, step: int | None = None) -> tuple[int, dict[str, Any]]:
+  """The step (default: the latest) and the settings saved with it in `workdir`."""
   manager = run_checkpoints.RunCheckpoints(workdir, max_to_keep=1, async_save=False)
   try:
     steps = manager.all_steps()
@@ -509,13 +532,32 @@ def exported_params(workdir: str | os.PathLike, step: int | None = None, ema: bo
     step = max(steps) if step is None else step
     if step not in steps:
       raise ValueError(f'{manager.directory} has no step {step}; it has {steps}')
-    saved = manager.restore_config(step)
-    config = ml_collections.ConfigDict({k: v for k, v in saved.items() if k not in ('model_config', 'runtime')})
-    if ema and config.ema_decay <= 0:
-      raise ValueError(f'--ema: the run of {workdir} has ema_decay {config.ema_decay}, no EMA to export')
-    ckpt = checkpoint.CheckpointConfig.from_json(saved['model_config'])
-    mesh = sharding.make_mesh({'fsdp': -1})
-    assembly = assemble(step_config(config, ckpt), mesh, sharding.rules_from_config(config.mesh.rules))
-    return jax.device_get(trained_params(manager.restore(step, assembly.abstract_state), assembly.step_config, ema))
+    return step, manager.restore_config(step)
   finally:
     manager.close()
+
+
+def export_checkpoint(workdir: str | os.PathLike, out: str | os.PathLike, step: int | None = None,
+                      ema: bool = False, overwrite: bool = False, dtype: str = 'float32') -> Path:
+  """Writes the full parameters of a saved step as an sa-jax checkpoint (what `sa-animate
+  --checkpoint` reads) stored in `dtype` ('float32' or 'bfloat16', as `sa-convert --dtype`), with
+  the face embedder of the run's `model.init` when it has one (the HJB correction's; training
+  leaves it out)."""
+  if dtype not in DTYPES:
+    raise ValueError(f'export dtype {dtype!r}, expected one of {sorted(DTYPES)}')
+  step, saved = saved_settings(workdir, step)
+  init = saved['model']['init']
+  inputs = [workdir] + ([init] if init else [])
+  checkpoint.check_target(out, overwrite, inputs)
+  params = exported_params(workdir, step, ema)
+  ckpt = checkpoint.CheckpointConfig.from_json(saved['model_config'])
+  if init and checkpoint.load_config(init).models.face_embedder is not None:
+    embedder, init_config = checkpoint.load(init, networks=('face_embedder',))
+    params['face_embedder'] = embedder['face_embedder']
+    ckpt = dataclasses.replace(ckpt, models=dataclasses.replace(ckpt.models,
+                                                                face_embedder=init_config.models.face_embedder))
+  source = f'sa-train --workdir {workdir}: step {step}{" (EMA)" if ema else ""}'
+  params = jax.tree.map(lambda x: np.asarray(x).astype(DTYPES[dtype]), params)
+  checkpoint.save(out, params, dataclasses.replace(ckpt, source=source, dtype=dtype), overwrite=overwrite,
+                  inputs=inputs)
+  return Path(out)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from sa_jax import animate
 from sa_jax.data import character, clip_files, clips
 from sa_jax.prep import pipeline
 from tools import make_dataset
@@ -78,6 +79,9 @@ def test_cli_checks_before_writing_and_replaces_only_its_own_output(tmp_path, ca
   with pytest.raises(SystemExit):
     make_dataset.main([str(tmp_path / 'a'), '--frames', '0'])
   assert '--frames is 0, expected >= 1' in capsys.readouterr().err and not (tmp_path / 'a').exists()
+  with pytest.raises(SystemExit):
+    make_dataset.main([str(tmp_path / 'a'), '--face-embedder-steps', '-1'])
+  assert '--face-embedder-steps is -1, expected >= 0' in capsys.readouterr().err
   foreign = tmp_path / 'foreign'
   foreign.mkdir()
   (foreign / 'notes.txt').write_text('keep')
@@ -85,9 +89,27 @@ def test_cli_checks_before_writing_and_replaces_only_its_own_output(tmp_path, ca
     make_dataset.main([str(foreign), '--overwrite'])
   assert (foreign / 'notes.txt').read_text() == 'keep'
   out = tmp_path / 'out'
-  argv = [str(out), '--clips', '1', '--eval-clips', '1', '--frames', '2', '--size', '64']
+  argv = [str(out), '--clips', '1', '--eval-clips', '1', '--frames', '2', '--size', '64', '--face-embedder-steps', '0',
+          '--pose-estimator-steps', '0']
   make_dataset.main(argv)
   with pytest.raises(SystemExit, match='not empty; pass --overwrite'):
     make_dataset.main(argv)
   make_dataset.main(argv + ['--overwrite', '--seed', '1'])
   assert json.loads((out / character.DATASET_FILE).read_text())['seed'] == 1
+
+
+def test_evaluation_clips_are_animation_cases_of_their_first_frame(dataset):
+  root, record = dataset
+  for entry in record['clips']:
+    folder = root / entry['folder']
+    rows = np.load(folder / clip_files.PER_FRAME)
+    assert rows.shape == (FRAMES, 512) and np.allclose(np.linalg.norm(rows, axis=1), 1, atol=1e-6)
+    if entry['split'] == 'train':
+      assert not (folder / 'reference.png').exists()
+      continue
+    np.testing.assert_array_equal(np.asarray(Image.open(folder / 'reference.png')),
+                                  np.asarray(Image.open(folder / 'images' / 'frame_0.png')))
+    np.testing.assert_array_equal(np.asarray(Image.open(folder / 'reference_face_mask.png')),
+                                  np.asarray(Image.open(folder / 'faces' / 'frame_0.png')))
+    np.testing.assert_array_equal(np.load(folder / clip_files.SINGLE), rows[0])
+    assert animate.find_cases([folder]) == [folder]

@@ -71,8 +71,14 @@ def test_config_from_dict():
   with pytest.raises(ValueError, match='4 positive block counts'):
     iresnet.IResNetConfig.from_dict({'layers': [2, 2, 2]})
   with pytest.raises(ValueError, match=r"unknown keys \['fp16'\]; allowed keys are "
-                                       r"\['layers', 'num_features'\]"):
+                                       r"\['layers', 'num_features', 'widths'\]"):
     iresnet.IResNetConfig.from_dict({'layers': 'r50', 'fp16': False})
+  with pytest.raises(ValueError, match='4 positive channel counts'):
+    iresnet.IResNetConfig.from_dict({'widths': [16, 32, 64]})
+  # Narrower stages (the demo's face embedder): the fc reads widths[-1] x 7 x 7.
+  narrow = iresnet.IResNetConfig.from_dict({'layers': [1, 1, 1, 1], 'widths': [16, 32, 64, 64], 'num_features': 8})
+  tree = nn.unbox(iresnet.abstract_params(narrow))
+  assert tree['conv1']['kernel'].shape == (3, 3, 3, 16) and tree['fc']['kernel'].shape == (64 * 7 * 7, 8)
 
 
 def test_r100_parameter_count():

@@ -70,7 +70,7 @@ def test_conditioning_is_batched_and_per_video():
   """Each video's conditioning is what it gets alone (the noise augmentation comes from its own key)."""
   models = ModelConfigs.from_dict(svd_xt.get_config('tiny').to_dict())
   from sa_jax import animate
-  params, _ = animate.demo_model()
+  params, _ = animate.tiny_model()
   rng = np.random.default_rng(0)
   reference = rng.integers(0, 256, (2, 64, 64, 3), np.uint8)
   poses = rng.integers(0, 256, (2, 3, 64, 64, 3), np.uint8)

@@ -56,7 +56,7 @@ def test_non_finite_output_is_an_error_not_a_black_video(tmp_path, caplog):
 
 def test_checkpoint_with_nan_weights_is_refused_before_compute(tmp_path):
   from sa_jax import checkpoint
-  params, config = animate.demo_model()
+  params, config = animate.tiny_model()
   params['pose_net']['scale'] = np.full_like(np.asarray(params['pose_net']['scale']), np.nan)
   checkpoint.save(tmp_path / 'ckpt', params, config)
   with pytest.raises(SystemExit, match=r"sa-animate: error: checkpoint .*ckpt: 1 parameter tensors hold NaN .*"
@@ -113,7 +113,7 @@ def case(tmp_path):
 
 @pytest.fixture(scope='module')
 def demo():
-  return animate.demo_model()
+  return animate.tiny_model()
 
 
 @pytest.fixture(scope='module')

@@ -100,7 +100,7 @@ def _png(path: Path, array: np.ndarray) -> None:
 def _checkpoint_config(paths, change=lambda data: data) -> None:
   """A checkpoint folder holding only the demo model's config.json, changed by `change`."""
   (paths['tmp'] / 'ckpt').mkdir()
-  data = change(animate.demo_config().to_json())
+  data = change(animate.tiny_config().to_json())
   (paths['tmp'] / 'ckpt' / 'config.json').write_text(data if isinstance(data, str) else json.dumps(data))
 
 

@@ -38,6 +38,10 @@ def test_partition_and_merge_round_trip():
   assert set(traverse_util.flatten_dict(frozen)) == {('unet', 'conv_in', 'kernel'), ('vae', 'decoder', 'kernel'),
                                                      ('unet', 'up_blocks_1', 'resnets_0', 'conv1', 'kernel')}
   assert optimizer.merge(trainable, frozen) == params
+  # From scratch: every UNet parameter trains too; VAE and CLIP stay frozen.
+  trainable, frozen = optimizer.partition(params, 'all')
+  assert trainable == {'unet': params['unet'], 'pose_net': {'scale': 5}} and frozen == {'vae': params['vae']}
+  assert optimizer.merge(trainable, frozen) == params
 
 
 def test_adamw_is_torch_adamw():

@@ -301,6 +301,23 @@ def test_export_writes_the_release_files(tmp_path, uninterrupted, init_dir, clip
                      f'--config.model.init={init_dir}', f'--config.data.roots={clip_root}', f'--export={out}'])
 
 
+@pytest.mark.heavy
+def test_export_checkpoint_is_an_sa_jax_checkpoint_of_the_step(tmp_path, uninterrupted):
+  out = tmp_path / 'model'
+  train_tool.main([f'--workdir={uninterrupted}', f'--export_checkpoint={out}'])
+  params, ckpt = checkpoint.load(out)
+  saved = trainer.saved_settings(uninterrupted)[1]
+  assert ckpt.models == checkpoint.CheckpointConfig.from_json(saved['model_config']).models
+  assert ckpt.source == f'sa-train --workdir {uninterrupted}: step {STEPS}'
+  want = trainer.exported_params(uninterrupted)
+  assert jax.tree.structure(params) == jax.tree.structure(want)
+  jax.tree.map(np.testing.assert_array_equal, params, want)
+  with pytest.raises(SystemExit, match='sa-train: error: .*exist'):
+    train_tool.main([f'--workdir={uninterrupted}', f'--export_checkpoint={out}'])
+  with pytest.raises(SystemExit, match='sa-train: error: --export and --export_checkpoint'):
+    train_tool.main([f'--workdir={uninterrupted}', f'--export_checkpoint={out}', f'--export={tmp_path / "r"}'])
+
+
 def test_each_training_size_compiles_the_step_once(tmp_path, init_dir, clip_root, monkeypatch, caplog):
   """Two sizes (a root written WxH:path), 6 steps, one size per step: the trainer's jitted step is
   compiled once per size. The step is replaced by one that only reads the batch (what is counted is
@@ -354,7 +371,10 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, init
     (['--config.data.roots=36x32:/'], 'data root 36x32:/: size 36x32, expected multiples of'),
     (['--config.encode_chunk_size=2', '--config.data.num_frames=4', '--config.mesh.shape=context=4,fsdp=-1'],
      'encode_chunk_size 2 with data.num_frames 4 and mesh axis context=4'),
-], ids=['unknown-field', 'roots', 'init', 'size', 'dtype', 'context', 'lora', 'bucket-size', 'encode-chunks'])
+    (['--config.trained=unet'], "trained 'unet', expected one of"),
+    (['--config.trained=all', '--config.lora.rank=4'], "trained 'all' with lora.rank 4"),
+], ids=['unknown-field', 'roots', 'init', 'size', 'dtype', 'context', 'lora', 'bucket-size', 'encode-chunks',
+        'trained', 'trained-lora'])
 def test_cli_errors_are_one_line(tmp_path, init_dir, clip_root, capsys, argv, message):
   base = ['--config', f'{REPO}/configs/train.py:tiny', f'--workdir={tmp_path / "w"}',
           f'--config.model.init={init_dir}', f'--config.data.roots={clip_root}']

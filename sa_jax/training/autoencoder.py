@@ -1,0 +1,118 @@
+"""Training SVD's VAE from scratch on clips (the demo model's: the release VAE is trained already).
+
+The objective of the VAE's own training, without its adversarial and perceptual terms: the L1
+reconstruction of short runs of consecutive frames through the temporal decoder, plus a small KL
+term towards N(0, 1) (weight 1e-6, as Stable Diffusion's autoencoder). Every frame is encoded
+alone and a run of `frames_per_sample` frames is decoded together, as the pipeline decodes chunks
+of `decode_chunk_size`, on random crops (`crop_size`). Afterwards `scaling_factor` is set to 1 / std
+of the latents' means over the training frames (as Stable Diffusion chose 0.18215), so that scaled
+latents have unit variance where the diffusion expects it.
+
+  params, config = train(frames, vae_config, TrainingConfig(...))   # frames: uint8 [N, F, H, W, 3]
+"""
+
+import dataclasses
+import logging
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm import tqdm
+
+from sa_jax.models import vae
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingConfig:
+  """Attributes:
+    steps: Adam steps.
+    batch_size: runs of frames per step.
+    frames_per_sample: consecutive frames of a run (decoded together).
+    crop_size: each run is cut to a random square of this side at latent-aligned offsets (the
+      networks are convolutional: a quarter of the pixels, a quarter of the cost); 0: whole frames.
+    learning_rate: Adam's, cosine-decayed to 0.
+    kl_weight: the KL term's weight.
+    seed: the initial weights, the batches and the posterior draws.
+  """
+  steps: int = 1000
+  batch_size: int = 4
+  frames_per_sample: int = 4
+  crop_size: int = 32
+  learning_rate: float = 2e-3
+  kl_weight: float = 1e-6
+  seed: int = 0
+
+
+def _pixels(frames: jax.Array) -> jax.Array:
+  return jnp.asarray(frames, jnp.float32) / 127.5 - 1.0                          # uint8 -> [-1, 1]
+
+
+def loss(params: Any, config: vae.VAEConfig, frames: jax.Array, key: jax.Array
+         ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """L1 reconstruction + `kl_weight` KL of uint8 runs `[B, F, H, W, 3]` (the terms as metrics)."""
+  b, f = frames.shape[:2]
+  x = _pixels(frames).reshape((b * f,) + frames.shape[2:])                        # [BF, H, W, 3]
+  posterior = vae.encode(params, config, x)
+  z = posterior.sample(key).reshape((b, f) + posterior.mean.shape[1:])             # [B, F, h, w, L]
+  recon = vae.decode_frames(params, config, z.reshape((b * f,) + z.shape[2:]), f)   # [BF, H, W, 3]
+  l1 = jnp.mean(jnp.abs(recon - x))
+  kl = 0.5 * jnp.mean(posterior.mean ** 2 + jnp.exp(posterior.logvar) - 1.0 - posterior.logvar)
+  return l1, dict(l1=l1, kl=kl)
+
+
+def train(frames: np.ndarray, config: vae.VAEConfig, training: TrainingConfig, progress: bool = True
+          ) -> tuple[dict[str, Any], vae.VAEConfig]:
+  """Trains a VAE of `config` on clips `frames` uint8 `[N, F, H, W, 3]` (F >= `frames_per_sample`).
+
+  Returns its parameters and `config` with the measured `scaling_factor`.
+  """
+  n, length, height, width = frames.shape[:4]
+  run, crop, factor = training.frames_per_sample, training.crop_size, config.spatial_factor
+  if length < run:
+    raise ValueError(f'clips of {length} frames; the VAE trains on runs of {run}')
+  if crop and (crop % factor or crop > min(height, width)):
+    raise ValueError(f'crop_size {crop}: expected a multiple of {factor} within the {width}x{height} frames')
+  key = jax.random.key(training.seed)
+  init_key, key = jax.random.split(key)
+  sample = jnp.zeros((1, crop or height, crop or width, 3))
+  params = nn.unbox(vae.VAE(config).init(init_key, sample, 1)['params'])
+  tx = optax.adam(optax.cosine_decay_schedule(training.learning_rate, training.steps))
+  opt_state = tx.init(params)
+
+  @jax.jit
+  def step(params, opt_state, batch, key):
+    def objective(p):
+      l1, metrics = loss(p, config, batch, key)
+      return l1 + training.kl_weight * metrics['kl'], metrics
+    (_, metrics), grads = jax.value_and_grad(objective, has_aux=True)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, metrics
+
+  rng = np.random.default_rng(training.seed)
+  bar = tqdm(range(training.steps), desc='VAE', unit='step', disable=not progress or None)
+  for i in bar:
+    clips = rng.integers(0, n, training.batch_size)
+    starts = rng.integers(0, length - run + 1, training.batch_size)
+    batch = np.stack([frames[c, s:s + run] for c, s in zip(clips, starts)])        # [B, run, H, W, 3]
+    if crop:
+      ys = rng.integers(0, (height - crop) // factor + 1, training.batch_size) * factor
+      xs = rng.integers(0, (width - crop) // factor + 1, training.batch_size) * factor
+      batch = np.stack([b[:, y:y + crop, x:x + crop] for b, y, x in zip(batch, ys, xs)])
+    params, opt_state, metrics = step(params, opt_state, batch, jax.random.fold_in(key, i))
+    bar.set_postfix(l1=f'{float(metrics["l1"]):.4f}', kl=f'{float(metrics["kl"]):.3g}')
+  scaling_factor = latent_scale(params, config, frames.reshape((-1,) + frames.shape[2:]))
+  logger.info('VAE: %d steps, last batch L1 %.4f (pixels in [-1, 1]), KL %.3g; scaling factor %.5f',
+              training.steps, metrics['l1'], metrics['kl'], scaling_factor)
+  return jax.device_get(params), dataclasses.replace(config, scaling_factor=scaling_factor)
+
+
+def latent_scale(params: Any, config: vae.VAEConfig, frames: np.ndarray, chunk: int = 256) -> float:
+  """1 / std of the posterior means of uint8 `frames [N, H, W, 3]`."""
+  encode = jax.jit(lambda x: vae.encode(params, config, _pixels(x)).mean)
+  means = np.concatenate([np.asarray(encode(frames[i:i + chunk])) for i in range(0, len(frames), chunk)])
+  return float(1.0 / means.std())

@@ -1,0 +1,136 @@
+"""Training from scratch (the demo model's first steps): the face embedder that sa-make-dataset trains
+on the identities, and sa-init-model's checkpoint with a VAE trained on the clips' frames."""
+
+import json
+import shutil
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from configs import svd_xt
+from sa_jax import checkpoint
+from sa_jax.data import character, clip_files
+from sa_jax.eval import pose
+from sa_jax.models import iresnet, keypoint_net, vae
+from sa_jax.training import autoencoder, face_embedder, scratch
+from sa_jax.training import keypoint_net as keypoint_training
+from tools import eval as eval_tool
+from tools import init_model
+
+SIZE, FRAMES = 64, 4
+ARGS = dict(clips=4, eval_clips=2, identities=3, motions=3, held_out_identities=2, held_out_motions=2,
+            num_frames=FRAMES, width=SIZE, height=SIZE)
+EMBEDDER = iresnet.IResNetConfig.from_dict(svd_xt.get_config('demo').face_embedder.to_dict())
+
+
+@pytest.fixture(scope='module')
+def dataset(tmp_path_factory):
+  root = tmp_path_factory.mktemp('scratch') / 'data'
+  trainer = face_embedder.Trainer(EMBEDDER, face_embedder.TrainingConfig(steps=25, batch_size=8))
+  estimator = keypoint_training.Trainer(keypoint_training.TrainingConfig(steps=60, batch_size=16))
+  record = character.write_dataset(root, seed=1, progress=False, face_embedder=trainer, pose_estimator=estimator,
+                                   **ARGS)
+  return root, record, trainer
+
+
+def _clip(root, entry):
+  folder = root / entry['folder']
+  frames = np.stack([np.asarray(Image.open(folder / 'images' / f'frame_{i}.png')) for i in range(FRAMES)])
+  masks = np.stack([np.asarray(Image.open(folder / 'faces' / f'frame_{i}.png')) for i in range(FRAMES)])
+  return frames, masks, np.load(folder / clip_files.PER_FRAME)
+
+
+def test_the_face_embedder_trained_on_the_identities_gives_every_clips_embeddings(dataset):
+  root, record, trainer = dataset
+  assert record['face_embedder'] == character.EMBEDDER_FILE
+  params = checkpoint.load_npz(root / character.EMBEDDER_FILE)
+  assert jax.tree.structure(params) == jax.tree.structure(nn.unbox(iresnet.abstract_params(EMBEDDER)))
+  flat = dict(np.load(root / character.EMBEDDER_FILE, allow_pickle=False))
+  by_identity = {}
+  for entry in record['clips']:
+    frames, masks, rows = _clip(root, entry)
+    # The stored rows are the embedder's unit embeddings of each frame's face (float32 rounding).
+    np.testing.assert_allclose(rows, trainer.embed(flat, frames, masks), atol=1e-6)
+    by_identity.setdefault(entry['identity'], []).append(rows)
+  # It learned the training identities: a face is closer to its own identity's mean than to another's.
+  train_ids = sorted(i for i in by_identity if i < ARGS['identities'])
+  means = np.stack([np.concatenate(by_identity[i]).mean(0) for i in train_ids])
+  for k, identity in enumerate(train_ids):
+    cos = np.concatenate(by_identity[identity]) @ means.T
+    assert (np.argmax(cos, axis=1) == k).mean() > 0.9
+
+
+def test_init_model_trains_the_vae_and_keeps_the_face_embedder(dataset, tmp_path, caplog):
+  root, _, _ = dataset
+  out = tmp_path / 'init'
+  with pytest.raises(SystemExit, match='^sa-init-model: error: --clips .*: no clip folder'):
+    init_model.main(['--clips', str(tmp_path), '--out', str(out)])
+  with pytest.raises(SystemExit, match='at least 16'):
+    init_model.main(['--clips', str(root / 'train'), '--out', str(out), '--vae-frames', '16'])
+  assert not out.exists()
+  init_model.main(['--clips', str(root / 'train'), '--out', str(out), '--vae-steps', '12',
+                   '--face-embedder', str(root / character.EMBEDDER_FILE), '--vae-frames', str(FRAMES)])
+  params, config = checkpoint.load(out)
+  demo = svd_xt.get_config('demo')
+  assert config.models.names == ('unet', 'vae', 'image_encoder', 'pose_net', 'face_encoder', 'face_embedder')
+  assert config.models.unet.block_out_channels == tuple(demo.unet.block_out_channels)
+  assert config.models.face_embedder == EMBEDDER
+  np.testing.assert_array_equal(np.asarray(params['face_embedder']['fc']['kernel']),
+                                checkpoint.load_npz(root / character.EMBEDDER_FILE)['fc']['kernel'])
+  # The VAE trained: its reconstructions beat those of its initialisation, and the latents' means
+  # have unit variance once scaled by the measured factor.
+  frames = scratch.read_clip_frames(sorted((root / 'train').iterdir()), FRAMES)[:2]        # [2, F, H, W, 3]
+  initial = nn.unbox(vae.VAE(config.models.vae).init(jax.random.split(jax.random.key(0))[0],
+                                                     np.zeros((1, SIZE, SIZE, 3), np.float32), 1)['params'])
+  key = jax.random.key(1)
+  loss = jax.jit(lambda p, x: autoencoder.loss(p, config.models.vae, x, key)[0])
+  trained_l1, initial_l1 = loss(params['vae'], frames), loss(initial, frames)
+  assert trained_l1 < 0.8 * initial_l1
+  scale = config.models.vae.scaling_factor
+  every = scratch.read_clip_frames(sorted((root / 'train').iterdir()), FRAMES).reshape((-1, SIZE, SIZE, 3))
+  assert scale == pytest.approx(autoencoder.latent_scale(params['vae'], config.models.vae, every), rel=1e-5)
+  assert json.loads((out / checkpoint.CONFIG).read_text())['source'] == 'sa-init-model: from scratch'
+
+
+def test_the_pose_estimator_learned_the_keypoints_and_serves_sa_eval(dataset, tmp_path):
+  root, record, _ = dataset
+  assert record['pose_estimator'] == character.POSE_ESTIMATOR_FILE
+  estimator = keypoint_net.Estimator(checkpoint.load_npz(root / character.POSE_ESTIMATOR_FILE))
+  errors, baseline, held_out = [], [], []
+  for entry in record['clips']:
+    frames, _, _ = _clip(root, entry)
+    driving = pose.read_driving_poses(root / entry['folder'] / 'keypoints.json')
+    truth = np.stack([d.keypoints[0, :18] for d in driving])                              # [F, 18, 2]
+    found = [estimator(frame) for frame in frames]
+    assert all(p.scores[0, :18].min() == 1 and p.keypoints.shape[0] == 1 for p in found)
+    error = np.stack([p.keypoints[0, :18] for p in found]) - truth
+    if entry['split'] == 'eval':        # sa-eval's pose error: mean pixel distance per frame, then per clip
+      held_out.append(np.linalg.norm(error * SIZE, axis=-1).mean())
+    else:
+      errors.append(error)
+      baseline.append(truth.mean(axis=1, keepdims=True) - truth)
+  # After 60 steps of 16 frames it already beats guessing, on the frames it trained on, each frame's
+  # own mean keypoint for every joint.
+  assert np.abs(np.concatenate(errors)).mean() < 0.7 * np.abs(np.concatenate(baseline)).mean()
+  # sa-eval measures the pose error with it: the ground truth scored as generated frames (its floor).
+  generated = tmp_path / 'generated'
+  for entry in record['clips']:
+    if entry['split'] == 'eval':
+      shutil.copytree(root / entry['folder'] / 'images', generated / Path(entry['folder']).name)
+  eval_tool.main(['--clips', str(root / 'eval'), '--generated', str(generated), '--out', str(tmp_path / 'eval'),
+                  '--metrics', 'pose', '--pose-estimator', str(root / character.POSE_ESTIMATOR_FILE)])
+  scores = json.loads((tmp_path / 'eval' / 'metrics.json').read_text())
+  assert scores['overall']['pose_error_px'] == pytest.approx(np.mean(held_out), rel=1e-5)
+  # The flip it trains with mirrors the frame and swaps left and right, and undoes itself.
+  frames, _, _ = _clip(root, record['clips'][0])
+  points = np.stack([d.keypoints[0, :18] for d in pose.read_driving_poses(
+      root / record['clips'][0]['folder'] / 'keypoints.json')])
+  flipped_frames, flipped = keypoint_training.mirrored(frames, points)
+  np.testing.assert_allclose(flipped[:, 2], np.stack([1 - points[:, 5, 0], points[:, 5, 1]], axis=-1))
+  again_frames, again = keypoint_training.mirrored(flipped_frames, flipped)
+  np.testing.assert_array_equal(again_frames, frames)
+  np.testing.assert_allclose(again, points)
