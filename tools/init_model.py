@@ -56,13 +56,15 @@ def _main(argv: list[str]) -> None:
   if not folders:
     raise ValueError(f'--clips {args.clips}: no clip folder with {scratch.CLIP_FRAMES}/ in it')
   embedder = checkpoint.load_npz(args.face_embedder) if args.face_embedder else None
+  from sa_jax import animate
+  if embedder is not None:
+    animate.check_params({'face_embedder': embedder}, models)
   frames = scratch.read_clip_frames(folders, args.vae_frames)
   setup_logging()
   training = autoencoder.TrainingConfig(seed=args.seed)
   if args.vae_steps is not None:
     training = dataclasses.replace(training, steps=args.vae_steps)
   params, config = scratch.initial_params(models, frames, embedder, training, args.seed)
-  from sa_jax import animate
   animate.check_params(params, config.models)
   checkpoint.save(args.out, params, config, overwrite=args.overwrite, inputs=inputs)
 

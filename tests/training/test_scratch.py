@@ -71,6 +71,10 @@ def test_init_model_trains_the_vae_and_keeps_the_face_embedder(dataset, tmp_path
     init_model.main(['--clips', str(tmp_path), '--out', str(out)])
   with pytest.raises(SystemExit, match='at least 16'):
     init_model.main(['--clips', str(root / 'train'), '--out', str(out), '--vae-frames', '16'])
+  other = tmp_path / 'other.npz'                   # a face embedder of another size: refused before training
+  np.savez(other, **{'fc/kernel': np.zeros((8, 8), np.float32)})
+  with pytest.raises(SystemExit, match=r'^sa-init-model: error: checkpoint parameters do not fit its config'):
+    init_model.main(['--clips', str(root / 'train'), '--out', str(out), '--face-embedder', str(other)])
   assert not out.exists()
   init_model.main(['--clips', str(root / 'train'), '--out', str(out), '--vae-steps', '12',
                    '--face-embedder', str(root / character.EMBEDDER_FILE), '--vae-frames', str(FRAMES)])
