@@ -12,7 +12,7 @@ from flax import traverse_util
 from convert import state_dict as sd
 from convert import unet as convert_unet
 from sa_jax import checkpoint
-from sa_jax.models import stable_animator
+from sa_jax.models import iresnet, stable_animator
 from tools import convert
 
 
@@ -23,8 +23,8 @@ def test_checkpoint_holds_every_network(checkpoint_dir, release_dir):
   # Configs read off the weights equal the ones the golden cases were made with.
   ref = release_dir / 'Animation'
   case = lambda name: json.loads((ref / f'{name}.pth').resolve().parent.joinpath('case.json').read_text())
-  assert sections['face_embedder'] == {k: case('glintr100_torch')['config'][k]
-                                               for k in ('layers', 'num_features')}
+  assert sections['face_embedder'] == {**{k: case('glintr100_torch')['config'][k] for k in ('layers', 'num_features')},
+                                       'widths': list(iresnet.WIDTHS)}     # the original's stages are fixed
   fe = case('face_encoder')['config']
   assert all(sections['face_encoder'][k] == v for k, v in fe.items())
   direct = convert_unet.load_unet(ref / 'unet.pth', config.models.unet)
