@@ -8,7 +8,8 @@ data. Full size: 1,550,182,122 UNet parameters including the ID adapter (SPEC §
   get_config()        the release (SVD-xt, ViT-H/14, PoseNet(320), FusionFaceId, IResNet-100)
   get_config('tiny')  small widths for tests (runs in seconds on a CPU)
   get_config('demo')  a small model trained from scratch on sa-make-dataset characters (64x64;
-                      configs/train.py:demo): UNet 32/64/64/64, VAE 32/64/64/64, IResNet 16/32/64/64
+                      configs/train.py:demo): UNet 32/64/64/64, VAE 32/64/64/64 (8 GroupNorm
+                      groups), IResNet 16/32/64/64
 """
 
 import ml_collections
@@ -25,10 +26,10 @@ def _unet(channels, heads, cross_attention_dim, time_dim):
       num_frames=25, num_face_tokens=4)
 
 
-def _vae(channels):
+def _vae(channels, norm_num_groups=32):
   return dict(in_channels=3, out_channels=3, down_block_types=['DownEncoderBlock2D'] * 4,
               block_out_channels=channels, layers_per_block=2, latent_channels=4,
-              scaling_factor=0.18215, force_upcast=True)
+              scaling_factor=0.18215, force_upcast=True, norm_num_groups=norm_num_groups)
 
 
 def _clip(hidden, intermediate, layers, heads, patch, projection):
@@ -64,10 +65,11 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
     )
   elif variant == 'demo':
     sections = dict(
-        unet=_unet([64, 128, 128, 128], [2, 4, 4, 4], 128, 64),
-        vae=_vae([32, 64, 64, 64]),
+        unet=_unet([32, 64, 64, 64], [1, 2, 2, 2], 128, 32),
+        # 8 GroupNorm groups: 4 to 8 channels per group, as the release's 4 to 16 (VAEConfig)
+        vae=_vae([32, 64, 64, 64], norm_num_groups=8),
         image_encoder=_clip(64, 128, 2, 2, 32, 128),
-        pose_net=dict(noise_latent_channels=64),
+        pose_net=dict(noise_latent_channels=32),
         face_encoder=_face_encoder(128, 2),
         face_embedder=dict(layers=[1, 1, 1, 1], num_features=512, widths=[16, 32, 64, 64]),
     )

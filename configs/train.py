@@ -32,9 +32,9 @@ Demo (`configs/train.py:demo`): the demo model (`configs/svd_xt.py:demo`) traine
   sa-train --config configs/train.py:demo --init runs/init --workdir runs/demo --config.data.roots=data/train
   sa-train --workdir runs/demo --export_checkpoint runs/demo/model --ema --export_dtype bfloat16
 
-  Not yet a usable model: on this 2-core CPU the dataset took 6 min and sa-init-model's VAE 16 min
-  (1000 steps), whose reconstructions are still coloured blobs (L1 0.26 on [-1, 1] pixels), so the
-  UNet was not trained on it (docs/training.md).
+  Not yet a usable model: on this 2-core CPU the dataset takes 6 min and sa-init-model's VAE
+  (3000 steps, 51 min) still reconstructs coloured blobs (L1 0.244 on [-1, 1] pixels of held-out
+  frames), so the UNet was not trained on it (docs/training.md).
 
 Any field can be overridden with `--config.<section>.<field>=value`; unknown fields are refused.
 """

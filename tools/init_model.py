@@ -5,8 +5,9 @@ r"""`sa-init-model`: a checkpoint to train from scratch (the demo model's first 
   sa-train --config configs/train.py:demo --init runs/init --workdir runs/demo
 
 The networks of a model config (`configs/svd_xt.py`, default 'demo'): UNet, PoseNet, face encoder
-and CLIP with random weights, the VAE trained on the clips' frames (--vae-steps), and the face
-embedder that sa-make-dataset trained (sa_jax/training/scratch.py).
+and CLIP with random weights, the VAE trained on the clips' frames (--vae-steps) or taken from an
+earlier sa-init-model checkpoint of the same VAE architecture (--vae), and the face embedder that
+sa-make-dataset trained (sa_jax/training/scratch.py).
 """
 
 import argparse
@@ -22,7 +23,9 @@ TOOL = 'sa-init-model'
 def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog=TOOL, description='A checkpoint to train from scratch: random networks, '
                                    "a VAE trained on the clips' frames, a face embedder from sa-make-dataset.")
-  parser.add_argument('--clips', required=True, help='folder of clip folders (each with images/)')
+  source = parser.add_mutually_exclusive_group(required=True)
+  source.add_argument('--clips', help='folder of clip folders (each with images/) to train the VAE on')
+  source.add_argument('--vae', help='an sa-jax checkpoint whose VAE to take instead of training one')
   parser.add_argument('--out', required=True, help='the new sa-jax checkpoint')
   parser.add_argument('--face-embedder', help="sa-make-dataset's face_embedder.npz (none: no face embedder, no HJB)")
   parser.add_argument('--config', default='demo', help="model config of configs/svd_xt.py ('demo', 'tiny')")
@@ -44,27 +47,33 @@ def _main(argv: list[str]) -> None:
   for flag in ('vae_steps', 'vae_frames'):
     if (getattr(args, flag) or 1) < 1:
       parser.error(f'--{flag.replace("_", "-")} is {getattr(args, flag)}, expected >= 1')
+  if args.vae and args.vae_steps is not None:
+    parser.error('--vae-steps trains a VAE; --vae takes a trained one: give one of them')
   from configs import svd_xt
   from sa_jax import checkpoint
   from sa_jax.models.stable_animator import ModelConfigs
   from sa_jax.training import autoencoder, scratch
   models = ModelConfigs.from_dict(svd_xt.get_config(args.config).to_dict())
-  inputs = [args.clips] + ([args.face_embedder] if args.face_embedder else [])
+  inputs = [args.clips or args.vae] + ([args.face_embedder] if args.face_embedder else [])
   checkpoint.check_target(args.out, args.overwrite, inputs)
-  folders = sorted(p for p in Path(args.clips).iterdir() if (p / scratch.CLIP_FRAMES).is_dir()) \
-      if Path(args.clips).is_dir() else []
-  if not folders:
-    raise ValueError(f'--clips {args.clips}: no clip folder with {scratch.CLIP_FRAMES}/ in it')
+  if args.clips:
+    folders = sorted(p for p in Path(args.clips).iterdir() if (p / scratch.CLIP_FRAMES).is_dir()) \
+        if Path(args.clips).is_dir() else []
+    if not folders:
+      raise ValueError(f'--clips {args.clips}: no clip folder with {scratch.CLIP_FRAMES}/ in it')
   embedder = checkpoint.load_npz(args.face_embedder) if args.face_embedder else None
   from sa_jax import animate
   if embedder is not None:
     animate.check_params({'face_embedder': embedder}, models)
-  frames = scratch.read_clip_frames(folders, args.vae_frames)
   setup_logging()
-  training = autoencoder.TrainingConfig(seed=args.seed)
-  if args.vae_steps is not None:
-    training = dataclasses.replace(training, steps=args.vae_steps)
-  params, config = scratch.initial_params(models, frames, embedder, training, args.seed)
+  if args.vae:
+    trained = scratch.trained_vae(args.vae, models.vae)
+  else:
+    training = autoencoder.TrainingConfig(seed=args.seed)
+    if args.vae_steps is not None:
+      training = dataclasses.replace(training, steps=args.vae_steps)
+    trained = autoencoder.train(scratch.read_clip_frames(folders, args.vae_frames), models.vae, training)
+  params, config = scratch.initial_params(models, trained, embedder, args.seed)
   animate.check_params(params, config.models)
   checkpoint.save(args.out, params, config, overwrite=args.overwrite, inputs=inputs)
 

@@ -35,7 +35,6 @@ from sa_jax.nn import linear
 Dtype = Any
 
 DOWN_BLOCK_TYPES = ('DownEncoderBlock2D',)
-NUM_GROUPS = 32
 LOGVAR_RANGE = (-30.0, 20.0)
 
 
@@ -46,13 +45,17 @@ class VAEConfig:
   Attributes:
     in_channels: image channels seen by the encoder.
     out_channels: image channels produced by the decoder.
-    block_out_channels: encoder block widths (decoder: reversed); multiples of 32 (GroupNorm).
+    block_out_channels: encoder block widths (decoder: reversed); multiples of `norm_num_groups`.
     layers_per_block: resnets per encoder block (decoder blocks have one more).
     latent_channels: latent width.
     scaling_factor: diffusion latents are `scaling_factor * z`.
     force_upcast: the release encodes (and may decode) in float32 even for half-precision runs;
       informational here, the caller picks the compute dtype.
     down_block_types: only `DownEncoderBlock2D` (the only type `AutoencoderKLTemporalDecoder` uses).
+    norm_num_groups: GroupNorm groups of every norm. `AutoencoderKLTemporalDecoder` fixes 32 (the
+      release: 4 to 16 channels per group); a narrow model keeps channels per group with fewer
+      groups (diffusers' `AutoencoderKL` key). A 32-channel block with 32 groups normalises every
+      channel of every frame on its own, which erases each frame's colour from flat regions.
   """
   in_channels: int = 3
   out_channels: int = 3
@@ -62,6 +65,7 @@ class VAEConfig:
   scaling_factor: float = 0.18215
   force_upcast: bool = True
   down_block_types: tuple[str, ...] = DOWN_BLOCK_TYPES * 4
+  norm_num_groups: int = 32
 
   @classmethod
   def from_dict(cls, d: Mapping[str, Any]) -> 'VAEConfig':
@@ -75,17 +79,18 @@ class VAEConfig:
         latent_channels=int(d.get('latent_channels', cls.latent_channels)),
         scaling_factor=float(d.get('scaling_factor', cls.scaling_factor)),
         force_upcast=bool(d.get('force_upcast', cls.force_upcast)),
-        down_block_types=tuple(d.get('down_block_types', DOWN_BLOCK_TYPES * len(channels))))
+        down_block_types=tuple(d.get('down_block_types', DOWN_BLOCK_TYPES * len(channels))),
+        norm_num_groups=int(d.get('norm_num_groups', cls.norm_num_groups)))
     config.validate()
     return config
 
   def validate(self) -> None:
     if not self.block_out_channels:
       raise ValueError('VAE config: block_out_channels is empty')
-    bad = [c for c in self.block_out_channels if c % NUM_GROUPS]
+    bad = [c for c in self.block_out_channels if self.norm_num_groups < 1 or c % self.norm_num_groups]
     if bad:
       raise ValueError(f'VAE config: block_out_channels {self.block_out_channels} must be multiples '
-                       f'of {NUM_GROUPS} (GroupNorm groups); {bad} are not')
+                       f'of norm_num_groups {self.norm_num_groups} (GroupNorm groups); {bad} are not')
     if len(self.down_block_types) != len(self.block_out_channels):
       raise ValueError(f'VAE config: down_block_types has {len(self.down_block_types)} entries, '
                        f'block_out_channels has {len(self.block_out_channels)}')
@@ -146,10 +151,11 @@ class VAE(nn.Module):
   def setup(self):
     cfg = self.config
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    self.encoder = Encoder(cfg.block_out_channels, cfg.layers_per_block, cfg.latent_channels, **kw)
+    self.encoder = Encoder(cfg.block_out_channels, cfg.layers_per_block, cfg.latent_channels,
+                           cfg.norm_num_groups, **kw)
     self.quant_conv = linear.conv1x1(2 * cfg.latent_channels, **kw)
     self.decoder = TemporalDecoder(cfg.block_out_channels, cfg.layers_per_block, cfg.out_channels,
-                                   remat=self.remat, **kw)
+                                   remat=self.remat, num_groups=cfg.norm_num_groups, **kw)
 
   def encode(self, images: jax.Array) -> DiagonalGaussian:
     """Args: images `[N, H, W, in_channels]` in [-1, 1]. Returns the posterior over `[N, h, w, latent]`."""

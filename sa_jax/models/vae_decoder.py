@@ -42,9 +42,10 @@ Dtype = Any
 TEMPORAL_EPS = 1e-5
 
 
-def _resnet(channels: int, name: str, remat: bool, dtype: Dtype, param_dtype: Dtype) -> SpatioTemporalResBlock:
-  return SpatioTemporalResBlock(channels, EPS, TEMPORAL_EPS, switch=True, remat=remat, dtype=dtype,
-                                param_dtype=param_dtype, name=name)
+def _resnet(channels: int, name: str, remat: bool, num_groups: int, dtype: Dtype, param_dtype: Dtype
+            ) -> SpatioTemporalResBlock:
+  return SpatioTemporalResBlock(channels, EPS, TEMPORAL_EPS, switch=True, remat=remat, num_groups=num_groups,
+                                dtype=dtype, param_dtype=param_dtype, name=name)
 
 
 class _MidBlock(nn.Module):
@@ -57,16 +58,19 @@ class _MidBlock(nn.Module):
   channels: int
   layers: int
   remat: bool = False                 # see TemporalDecoder
+  num_groups: int = 32
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, num_frames: int) -> jax.Array:
     """Args: x `[BF, h, w, C]`; num_frames F. Returns `[BF, h, w, C]`."""
-    resnet = lambda name: _resnet(self.channels, name, self.remat, self.dtype, self.param_dtype)
+    resnet = lambda name: _resnet(self.channels, name, self.remat, self.num_groups, self.dtype,
+                                  self.param_dtype)
     x = resnet('resnets_0')(x, None, num_frames)
     if self.layers >= 2:
-      attention = VAEAttention(EPS, dtype=self.dtype, param_dtype=self.param_dtype, name='attentions_0')
+      attention = VAEAttention(EPS, self.num_groups, dtype=self.dtype, param_dtype=self.param_dtype,
+                               name='attentions_0')
       x = remat_call(attention, x, enabled=self.remat)
       x = resnet('resnets_1')(x, None, num_frames)
     return x
@@ -78,6 +82,7 @@ class _UpBlock(nn.Module):
   layers: int
   add_upsample: bool
   remat: bool = False                 # see TemporalDecoder
+  num_groups: int = 32
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -85,7 +90,8 @@ class _UpBlock(nn.Module):
   def __call__(self, x: jax.Array, num_frames: int) -> jax.Array:
     """Args: x `[BF, h, w, C_prev]`; num_frames F. Returns `[BF, h', w', channels]` (2x with upsample)."""
     for j in range(self.layers):
-      x = _resnet(self.channels, f'resnets_{j}', self.remat, self.dtype, self.param_dtype)(x, None, num_frames)
+      x = _resnet(self.channels, f'resnets_{j}', self.remat, self.num_groups, self.dtype,
+                  self.param_dtype)(x, None, num_frames)
     if self.add_upsample:
       upsample = Upsample(self.channels, dtype=self.dtype, param_dtype=self.param_dtype, name='upsamplers_0')
       x = remat_call(upsample, x, enabled=self.remat)
@@ -101,11 +107,13 @@ class TemporalDecoder(nn.Module):
     out_channels: image channels.
     remat: keep only the inputs of each resnet, the attention and the upsamplers for the backward
       pass, and recompute them one at a time.
+    num_groups: GroupNorm groups of every norm.
   """
   block_out_channels: tuple[int, ...]
   layers_per_block: int
   out_channels: int
   remat: bool = False
+  num_groups: int = 32
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -120,11 +128,13 @@ class TemporalDecoder(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     channels = self.block_out_channels[::-1]
     x = linear.conv3x3(channels[0], name='conv_in', **kw)(z.astype(self.dtype))
-    x = _MidBlock(channels[0], self.layers_per_block, remat=self.remat, name='mid_block', **kw)(x, num_frames)
+    groups = self.num_groups
+    x = _MidBlock(channels[0], self.layers_per_block, remat=self.remat, num_groups=groups, name='mid_block',
+                  **kw)(x, num_frames)
     for i, c in enumerate(channels):
       x = _UpBlock(c, self.layers_per_block + 1, add_upsample=i < len(channels) - 1, remat=self.remat,
-                   name=f'up_blocks_{i}', **kw)(x, num_frames)
-    x = nn.silu(GroupNorm(EPS, name='conv_norm_out', **kw)(x))
+                   num_groups=groups, name=f'up_blocks_{i}', **kw)(x, num_frames)
+    x = nn.silu(GroupNorm(EPS, groups, name='conv_norm_out', **kw)(x))
     x = linear.conv3x3(self.out_channels, name='conv_out', **kw)(x)
     bf, h, w, c = x.shape
     x = x.reshape(bf // num_frames, num_frames, h, w, c)      # [BF, H, W, C] -> [B, F, H, W, C]

@@ -40,8 +40,10 @@ class VAEAttention(nn.Module):
 
   Attributes:
     epsilon: GroupNorm eps.
+    num_groups: GroupNorm groups.
   """
   epsilon: float = EPS
+  num_groups: int = 32
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -50,7 +52,7 @@ class VAEAttention(nn.Module):
     """Args: x `[N, h, w, C]`. Returns `[N, h, w, C]`."""
     n, h, w, c = x.shape
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    tokens = GroupNorm(self.epsilon, name='group_norm', **kw)(x)
+    tokens = GroupNorm(self.epsilon, self.num_groups, name='group_norm', **kw)(x)
     tokens = tokens.reshape(n, h * w, c)                                      # [N, h, w, C] -> [N, L, C]
     attention = Attention(heads=1, head_dim=c, qkv_bias=True, **kw)
     nn.share_scope(self, attention)
@@ -63,6 +65,7 @@ class _DownBlock(nn.Module):
   channels: int
   layers: int
   add_downsample: bool
+  num_groups: int = 32
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -70,7 +73,7 @@ class _DownBlock(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     for j in range(self.layers):
-      x = ResnetBlock(self.channels, EPS, name=f'resnets_{j}', **kw)(x)
+      x = ResnetBlock(self.channels, EPS, num_groups=self.num_groups, name=f'resnets_{j}', **kw)(x)
     if self.add_downsample:
       # torch pads (0, 1, 0, 1) then convolves with no padding (SPEC §7.2).
       x = Downsample(self.channels, padding=(0, 1), name='downsamplers_0', **kw)(x)
@@ -80,15 +83,16 @@ class _DownBlock(nn.Module):
 class _MidBlock(nn.Module):
   """diffusers `UNetMidBlock2D` without temb: resnet -> attention -> resnet."""
   channels: int
+  num_groups: int = 32
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    x = ResnetBlock(self.channels, EPS, name='resnets_0', **kw)(x)
-    x = VAEAttention(EPS, name='attentions_0', **kw)(x)
-    return ResnetBlock(self.channels, EPS, name='resnets_1', **kw)(x)
+    x = ResnetBlock(self.channels, EPS, num_groups=self.num_groups, name='resnets_0', **kw)(x)
+    x = VAEAttention(EPS, self.num_groups, name='attentions_0', **kw)(x)
+    return ResnetBlock(self.channels, EPS, num_groups=self.num_groups, name='resnets_1', **kw)(x)
 
 
 class Encoder(nn.Module):
@@ -99,10 +103,12 @@ class Encoder(nn.Module):
       but the last, so the spatial factor is `2 ** (len - 1)`).
     layers_per_block: resnets per down block.
     latent_channels: latent width; the output has twice as many (mean | logvar).
+    num_groups: GroupNorm groups of every norm.
   """
   block_out_channels: tuple[int, ...]
   layers_per_block: int
   latent_channels: int
+  num_groups: int = 32
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -114,7 +120,7 @@ class Encoder(nn.Module):
     x = linear.conv3x3(channels[0], name='conv_in', **kw)(images)
     for i, c in enumerate(channels):
       x = _DownBlock(c, self.layers_per_block, add_downsample=i < len(channels) - 1,
-                     name=f'down_blocks_{i}', **kw)(x)
-    x = _MidBlock(channels[-1], name='mid_block', **kw)(x)
-    x = nn.silu(GroupNorm(EPS, name='conv_norm_out', **kw)(x))
+                     num_groups=self.num_groups, name=f'down_blocks_{i}', **kw)(x)
+    x = _MidBlock(channels[-1], self.num_groups, name='mid_block', **kw)(x)
+    x = nn.silu(GroupNorm(EPS, self.num_groups, name='conv_norm_out', **kw)(x))
     return linear.conv3x3(2 * self.latent_channels, name='conv_out', **kw)(x)

@@ -29,10 +29,12 @@ class ResnetBlock(nn.Module):
     out_channels: output channels; a 1x1 `conv_shortcut` exists iff they differ from the input's.
     epsilon: GroupNorm eps (SPEC §2.4 lists it per block).
     temporal: temporal form, input `[B, F, H, W, C]` and temb `[B, F, T]`.
+    num_groups: GroupNorm groups (32 throughout SVD).
   """
   out_channels: int
   epsilon: float
   temporal: bool = False
+  num_groups: int = 32
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -55,8 +57,8 @@ class ResnetBlock(nn.Module):
     Returns:
       x's shape with `out_channels` channels.
     """
-    norm = lambda name: GroupNorm(self.epsilon, dtype=self.dtype, param_dtype=self.param_dtype,
-                                  name=name)
+    norm = lambda name: GroupNorm(self.epsilon, self.num_groups, dtype=self.dtype,
+                                  param_dtype=self.param_dtype, name=name)
     h = self._conv('conv1', sharding.IN_PROJ)(nn.silu(norm('norm1')(x)))
     if temb is not None:
       t = linear.dense(self.out_channels, kernel_axes=sharding.IN_PROJ, dtype=self.dtype,
@@ -99,19 +101,21 @@ class SpatioTemporalResBlock(nn.Module):
     switch: AlphaBlender `switch_spatial_to_temporal_mix` (VAE decoder: True).
     remat: recompute the spatial and the temporal resnet each on its own in the backward pass,
       once the backward pass reaches it (`sa_jax.nn.remat.remat_call`; the VAE decoder under HJB).
+    num_groups: GroupNorm groups of both resnets.
   """
   out_channels: int
   epsilon: float
   temporal_epsilon: float
   switch: bool = False
   remat: bool = False
+  num_groups: int = 32
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, temb: jax.Array | None, num_frames: int) -> jax.Array:
     """Args: x `[BF, H, W, C]`; temb `[BF, T]` or None; num_frames F. Returns `[BF, H, W, C']`."""
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    kw = dict(num_groups=self.num_groups, dtype=self.dtype, param_dtype=self.param_dtype)
     spatial = remat_call(ResnetBlock(self.out_channels, self.epsilon, name='spatial_res_block', **kw), x, temb,
                          enabled=self.remat)
     bf, h, w, c = spatial.shape

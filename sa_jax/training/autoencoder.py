@@ -35,7 +35,8 @@ class TrainingConfig:
     frames_per_sample: consecutive frames of a run (decoded together).
     crop_size: each run is cut to a random square of this side at latent-aligned offsets (the
       networks are convolutional: a quarter of the pixels, a quarter of the cost); 0: whole frames.
-    learning_rate: Adam's, cosine-decayed to 0.
+    learning_rate: Adam's peak, reached linearly over `warmup_steps`, then cosine-decayed to 0.
+    warmup_steps: steps of the linear warmup (at most a tenth of `steps`).
     kl_weight: the KL term's weight.
     seed: the initial weights, the batches and the posterior draws.
   """
@@ -44,6 +45,7 @@ class TrainingConfig:
   frames_per_sample: int = 4
   crop_size: int = 32
   learning_rate: float = 2e-3
+  warmup_steps: int = 100
   kl_weight: float = 1e-6
   seed: int = 0
 
@@ -81,7 +83,8 @@ def train(frames: np.ndarray, config: vae.VAEConfig, training: TrainingConfig, p
   init_key, key = jax.random.split(key)
   sample = jnp.zeros((1, crop or height, crop or width, 3))
   params = nn.unbox(vae.VAE(config).init(init_key, sample, 1)['params'])
-  tx = optax.adam(optax.cosine_decay_schedule(training.learning_rate, training.steps))
+  tx = optax.adam(optax.warmup_cosine_decay_schedule(
+      0.0, training.learning_rate, min(training.warmup_steps, training.steps // 10), training.steps))
   opt_state = tx.init(params)
 
   @jax.jit

@@ -4,7 +4,8 @@ embedder trained on their identities.
 The release trains PoseNet, the face encoder and the UNet's attention from SVD's trained UNet, VAE
 and CLIP; a model of new widths has none of those. `initial_params` gives what `sa-train
 --config.trained=all` then trains from: UNet, PoseNet and face encoder with random weights
-(`random_init`), the VAE trained on the clips' frames (`autoencoder.py`), CLIP with random weights
+(`random_init`), the VAE trained on the clips' frames (`autoencoder.py`; or the VAE of an earlier
+such checkpoint, `trained_vae`, to try another UNet on the same latents), CLIP with random weights
 (frozen: its image embedding is a fixed random projection of the reference, which the UNet learns
 to read), and the face embedder that `sa-make-dataset` trained (`face_embedder.py`).
 """
@@ -18,8 +19,8 @@ import numpy as np
 from sa_jax import checkpoint, diffusion
 from sa_jax.models import random_init, stable_animator
 from sa_jax.models.stable_animator import ModelConfigs
+from sa_jax.models.vae import VAEConfig
 from sa_jax.prep import frames as frame_io
-from sa_jax.training import autoencoder
 
 CLIP_FRAMES = 'images'
 
@@ -38,12 +39,15 @@ def read_clip_frames(folders: list[Path], num_frames: int) -> np.ndarray:
   return np.stack(clips)
 
 
-def initial_params(models: ModelConfigs, frames: np.ndarray, embedder: dict[str, Any] | None,
-                   vae_training: autoencoder.TrainingConfig, seed: int = 0
+def initial_params(models: ModelConfigs, vae: tuple[dict[str, Any], VAEConfig],
+                   embedder: dict[str, Any] | None, seed: int = 0
                    ) -> tuple[dict[str, Any], checkpoint.CheckpointConfig]:
-  """The networks of `models` to train from (see the module docstring) and their checkpoint config
-  (the VAE's measured `scaling_factor` in it). `frames`: uint8 `[N, F, H, W, 3]` clips."""
-  vae_params, vae_config = autoencoder.train(frames, models.vae, vae_training)
+  """The networks of `models` to train from (see the module docstring) and their checkpoint config.
+
+  `vae`: the trained VAE's parameters and config (`autoencoder.train`, or `trained_vae` of an earlier
+  checkpoint), which replaces `models.vae` (its measured `scaling_factor`).
+  """
+  vae_params, vae_config = vae
   models = dataclasses.replace(models, vae=vae_config)
   if embedder is None:
     models = dataclasses.replace(models, face_embedder=None)
@@ -58,3 +62,13 @@ def initial_params(models: ModelConfigs, frames: np.ndarray, embedder: dict[str,
       params[name] = random_init.random_params(abstract, seed + i)
   return params, checkpoint.CheckpointConfig(models=models, scheduler=diffusion.ScheduleConfig(),
                                              source='sa-init-model: from scratch')
+
+
+def trained_vae(checkpoint_dir: str | Path, config: VAEConfig) -> tuple[dict[str, Any], VAEConfig]:
+  """The VAE of an sa-jax checkpoint (another model's first checkpoint), refused unless its architecture
+  is `config`'s (the scaling factor is the checkpoint's: it was measured on its latents)."""
+  theirs = checkpoint.load_config(checkpoint_dir).models.vae
+  if dataclasses.replace(theirs, scaling_factor=config.scaling_factor) != config:
+    raise ValueError(f'checkpoint {checkpoint_dir}: its VAE is {theirs}, expected the architecture of {config}')
+  params, _ = checkpoint.load(checkpoint_dir, ('vae',))
+  return params['vae'], theirs

@@ -10,6 +10,7 @@ import pytest
 
 from configs import svd_xt
 from sa_jax.models import random_init, vae
+from sa_jax.nn import norms
 
 # Measured once from the reference: diffusers 0.31.0 `AutoencoderKLTemporalDecoder(
 # block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
@@ -39,12 +40,31 @@ def test_config_from_dict_and_checks():
   assert config.block_out_channels == (32, 64)
   assert config.down_block_types == ('DownEncoderBlock2D',) * 2
   assert config.spatial_factor == 2
-  with pytest.raises(ValueError, match='multiples of 32'):
+  with pytest.raises(ValueError, match='multiples of norm_num_groups 32'):
     vae.VAEConfig.from_dict(dict(block_out_channels=[32, 48]))
+  assert vae.VAEConfig.from_dict(dict(block_out_channels=[32, 48], norm_num_groups=16)).norm_num_groups == 16
+  with pytest.raises(ValueError, match='multiples of norm_num_groups 0'):
+    vae.VAEConfig.from_dict(dict(block_out_channels=[32], norm_num_groups=0))
   with pytest.raises(ValueError, match='unsupported down blocks'):
     vae.VAEConfig.from_dict(dict(block_out_channels=[32], down_block_types=['DownBlock2D']))
   with pytest.raises(ValueError, match='down_block_types has 1 entries'):
     vae.VAEConfig.from_dict(dict(block_out_channels=[32, 32], down_block_types=['DownEncoderBlock2D']))
+
+
+def test_every_norm_has_the_configs_groups():
+  config = vae.VAEConfig.from_dict(dict(SMALL, norm_num_groups=8))
+  groups = []
+
+  def record(next_fun, args, kwargs, context):
+    if isinstance(context.module, norms.GroupNorm):
+      groups.append(context.module.num_groups)
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(record):
+    jax.eval_shape(lambda: vae.VAE(config).init(jax.random.key(0), jnp.zeros((2, 8, 8, 3)), 2))
+  # encoder: 2 blocks x 2 resnets x 2 norms, mid block 2 x 2 + attention, conv_norm_out (14);
+  # decoder: mid block 2 spatio-temporal resnets x 4 + attention, 2 up blocks x 3 x 4, conv_norm_out (34)
+  assert len(groups) == 48 and set(groups) == {8}
 
 
 @pytest.fixture(scope='module')

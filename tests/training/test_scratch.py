@@ -98,6 +98,17 @@ def test_init_model_trains_the_vae_and_keeps_the_face_embedder(dataset, tmp_path
   every = scratch.read_clip_frames(sorted((root / 'train').iterdir()), FRAMES).reshape((-1, SIZE, SIZE, 3))
   assert scale == pytest.approx(autoencoder.latent_scale(params['vae'], config.models.vae, every), rel=1e-5)
   assert json.loads((out / checkpoint.CONFIG).read_text())['source'] == 'sa-init-model: from scratch'
+  # Another model on the same latents takes this VAE (its measured scale too), not one of another shape.
+  again = tmp_path / 'again'
+  with pytest.raises(SystemExit, match=r'^sa-init-model: error: checkpoint .*init: its VAE is .*expected the archi'):
+    init_model.main(['--vae', str(out), '--out', str(again), '--config', 'tiny'])
+  init_model.main(['--vae', str(out), '--out', str(again), '--seed', '3'])
+  params_again, config_again = checkpoint.load(again)
+  assert (config_again.models.vae, config_again.models.unet) == (config.models.vae, config.models.unet)
+  for a, b in zip(jax.tree.leaves(params['vae']), jax.tree.leaves(params_again['vae'])):
+    np.testing.assert_array_equal(a, b)
+  assert 'face_embedder' not in params_again
+  assert not np.array_equal(params['unet']['conv_in']['kernel'], params_again['unet']['conv_in']['kernel'])
 
 
 def test_the_pose_estimator_learned_the_keypoints_and_serves_sa_eval(dataset, tmp_path):
