@@ -26,10 +26,10 @@ def _unet(channels, heads, cross_attention_dim, time_dim):
       num_frames=25, num_face_tokens=4)
 
 
-def _vae(channels, norm_num_groups=32):
+def _vae(channels, **extra):
   return dict(in_channels=3, out_channels=3, down_block_types=['DownEncoderBlock2D'] * 4,
               block_out_channels=channels, layers_per_block=2, latent_channels=4,
-              scaling_factor=0.18215, force_upcast=True, norm_num_groups=norm_num_groups)
+              scaling_factor=0.18215, force_upcast=True, **extra)
 
 
 def _clip(hidden, intermediate, layers, heads, patch, projection):

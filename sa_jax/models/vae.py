@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from sa_jax import sharding
 from sa_jax.models.vae_decoder import TemporalDecoder
 from sa_jax.models.vae_encoder import Encoder
-from sa_jax.nn import linear
+from sa_jax.nn import linear, norms
 
 Dtype = Any
 
@@ -65,7 +65,7 @@ class VAEConfig:
   scaling_factor: float = 0.18215
   force_upcast: bool = True
   down_block_types: tuple[str, ...] = DOWN_BLOCK_TYPES * 4
-  norm_num_groups: int = 32
+  norm_num_groups: int = norms.NUM_GROUPS
 
   @classmethod
   def from_dict(cls, d: Mapping[str, Any]) -> 'VAEConfig':

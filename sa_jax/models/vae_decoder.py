@@ -32,7 +32,7 @@ import jax.numpy as jnp
 
 from sa_jax.models.vae_encoder import EPS, VAEAttention
 from sa_jax.nn import linear
-from sa_jax.nn.norms import GroupNorm
+from sa_jax.nn.norms import NUM_GROUPS, GroupNorm
 from sa_jax.nn.remat import remat_call
 from sa_jax.nn.resample import Upsample
 from sa_jax.nn.resnet import SpatioTemporalResBlock
@@ -58,7 +58,7 @@ class _MidBlock(nn.Module):
   channels: int
   layers: int
   remat: bool = False                 # see TemporalDecoder
-  num_groups: int = 32
+  num_groups: int = NUM_GROUPS
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -82,7 +82,7 @@ class _UpBlock(nn.Module):
   layers: int
   add_upsample: bool
   remat: bool = False                 # see TemporalDecoder
-  num_groups: int = 32
+  num_groups: int = NUM_GROUPS
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -113,7 +113,7 @@ class TemporalDecoder(nn.Module):
   layers_per_block: int
   out_channels: int
   remat: bool = False
-  num_groups: int = 32
+  num_groups: int = NUM_GROUPS
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from sa_jax.nn import linear
 from sa_jax.nn.attention import Attention
-from sa_jax.nn.norms import GroupNorm
+from sa_jax.nn.norms import NUM_GROUPS, GroupNorm
 from sa_jax.nn.resample import Downsample
 from sa_jax.nn.resnet import ResnetBlock
 
@@ -43,7 +43,7 @@ class VAEAttention(nn.Module):
     num_groups: GroupNorm groups.
   """
   epsilon: float = EPS
-  num_groups: int = 32
+  num_groups: int = NUM_GROUPS
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -65,7 +65,7 @@ class _DownBlock(nn.Module):
   channels: int
   layers: int
   add_downsample: bool
-  num_groups: int = 32
+  num_groups: int = NUM_GROUPS
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -83,7 +83,7 @@ class _DownBlock(nn.Module):
 class _MidBlock(nn.Module):
   """diffusers `UNetMidBlock2D` without temb: resnet -> attention -> resnet."""
   channels: int
-  num_groups: int = 32
+  num_groups: int = NUM_GROUPS
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -108,7 +108,7 @@ class Encoder(nn.Module):
   block_out_channels: tuple[int, ...]
   layers_per_block: int
   latent_channels: int
-  num_groups: int = 32
+  num_groups: int = NUM_GROUPS
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 

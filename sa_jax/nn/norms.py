@@ -14,6 +14,8 @@ from sa_jax import sharding
 
 Dtype = Any
 
+NUM_GROUPS = 32      # GroupNorm groups throughout SVD (UNet, VAE)
+
 
 def _affine_params(module: nn.Module, features: int, param_dtype: Dtype):
   scale = module.param('scale', nn.with_logical_partitioning(nn.initializers.ones, (sharding.NORM,)),
@@ -32,10 +34,10 @@ class GroupNorm(nn.Module):
 
   Attributes:
     epsilon: added to the variance (no default: SPEC §7.3 lists per-block values).
-    num_groups: channel groups (32 throughout SVD).
+    num_groups: channel groups (`NUM_GROUPS` throughout SVD).
   """
   epsilon: float
-  num_groups: int = 32
+  num_groups: int = NUM_GROUPS
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 
 from sa_jax import sharding
 from sa_jax.nn import linear
-from sa_jax.nn.norms import GroupNorm
+from sa_jax.nn.norms import NUM_GROUPS, GroupNorm
 from sa_jax.nn.remat import remat_call
 
 Dtype = Any
@@ -29,12 +29,12 @@ class ResnetBlock(nn.Module):
     out_channels: output channels; a 1x1 `conv_shortcut` exists iff they differ from the input's.
     epsilon: GroupNorm eps (SPEC §2.4 lists it per block).
     temporal: temporal form, input `[B, F, H, W, C]` and temb `[B, F, T]`.
-    num_groups: GroupNorm groups (32 throughout SVD).
+    num_groups: GroupNorm groups.
   """
   out_channels: int
   epsilon: float
   temporal: bool = False
-  num_groups: int = 32
+  num_groups: int = NUM_GROUPS
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -108,7 +108,7 @@ class SpatioTemporalResBlock(nn.Module):
   temporal_epsilon: float
   switch: bool = False
   remat: bool = False
-  num_groups: int = 32
+  num_groups: int = NUM_GROUPS
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
