@@ -103,6 +103,11 @@ def _run_time(run: Callable[[], Any], repeats: int) -> tuple[float, Any]:
   return statistics.median(times), result
 
 
+def _flops(compiled: Any) -> float:
+  """FLOPs of one call of an AOT-compiled program by XLA's cost analysis (a loop's body counts once)."""
+  return float(compiled.cost_analysis()['flops'])
+
+
 def _ratio(value: float, baseline: float) -> str:
   return f'{value / baseline:.3f}' if baseline else 'n/a'
 
@@ -422,24 +427,32 @@ def _unet_inputs(config: unet.UNetConfig, batch: int, frames: int, size: int, dt
 
 
 def bench_unet(args: argparse.Namespace) -> None:
-  """UNet forward: float32 vs bfloat16 params and compute, and spatial query chunking vs none."""
+  """UNet forward: float32 vs bfloat16 params and compute, and spatial query chunking vs none; the
+  forward's FLOPs (XLA's count of the float32 program, which has no loop) and the rate each variant
+  achieves against this machine's float32 matmul rate measured in the same run."""
   config = unet.UNetConfig.from_dict(svd_xt.get_config('tiny').unet.to_dict())
   params = random_init.random_params(unet.abstract_params(config), 0)
   chunk = args.query_chunk_size or max(1, args.unet_size * args.unet_size // 4)
   variants = [('float32 (baseline)', jnp.float32, None), ('bfloat16', jnp.bfloat16, None),
               (f'float32, query_chunk_size {chunk}', jnp.float32, chunk)]
-  rows, base = [], None
+  measured, flops = [], None
   for label, dtype, chunk_size in variants:
     p = jax.device_put(jax.tree.map(lambda x: jnp.asarray(x, dtype), params))
     x = _unet_inputs(config, args.batch, args.unet_frames, args.unet_size, dtype)
     fn, seconds = _compile(_unet_call(config, dtype, chunk_size), p, *x)
+    flops = flops or _flops(fn)
     run, _ = _run_time(lambda: fn(p, *x), args.repeats)
-    base = base or run
-    rows.append((label, seconds, run, _ratio(run, base)))
+    measured.append((label, seconds, run))
+  rate, base = _matmul_rate(args.repeats), measured[0][2]
+  rows = [(label, seconds, run, _ratio(run, base), f'{flops / run / 1e9:.1f}', f'{flops / run / rate:.3f}')
+          for label, seconds, run in measured]
   _table(f'unet: tiny config forward, batch {args.batch}, {args.unet_frames} frames, '
-         f'{args.unet_size}x{args.unet_size} latents',
-         ('variant', 'compile s', f'run s (median of {args.repeats})', 'ratio to float32'), rows,
-         [f'{jax.devices()[0].platform.upper()}: bfloat16 speed depends on native support in the backend'])
+         f'{args.unet_size}x{args.unet_size} latents: {flops / 1e9:.3g} GFLOP',
+         ('variant', 'compile s', f'run s (median of {args.repeats})', 'ratio to float32', 'GFLOP/s',
+          'of f32 matmul rate'), rows,
+         [f'{jax.devices()[0].platform.upper()}: bfloat16 speed depends on native support in the backend',
+          f'GFLOP: XLA\'s cost analysis of the float32 forward; the f32 matmul rate, {rate / 1e9:.1f} GFLOP/s, '
+          'is a 2048^3 product measured in this run'])
 
 
 def bench_reference(args: argparse.Namespace) -> None:

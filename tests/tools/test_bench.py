@@ -5,6 +5,8 @@ Timings are printed, never asserted (they belong to the benchmark suite, not to 
 
 import re
 
+import jax
+import jax.numpy as jnp
 import pytest
 
 from tools import bench
@@ -36,3 +38,9 @@ def test_train_memory_variants_are_typed_overrides_of_the_release_settings(capsy
   # A mesh larger than the devices at hand is reported in its row, and nothing is compiled.
   bench.main(['train_memory', '--train-variants', 'mesh.shape=fsdp=1024'])
   assert 'needs 1024 devices' in capsys.readouterr().out
+
+
+def test_flops_are_xlas_count_of_the_compiled_program():
+  a, b = jax.ShapeDtypeStruct((8, 16), jnp.float32), jax.ShapeDtypeStruct((16, 4), jnp.float32)
+  compiled, _ = bench._compile(jax.jit(jnp.matmul), a, b)
+  assert bench._flops(compiled) == 2 * 8 * 16 * 4
