@@ -26,9 +26,9 @@ def _unet(channels, heads, cross_attention_dim, time_dim):
       num_frames=25, num_face_tokens=4)
 
 
-def _vae(channels, **extra):
+def _vae(channels, layers_per_block=2, **extra):
   return dict(in_channels=3, out_channels=3, down_block_types=['DownEncoderBlock2D'] * 4,
-              block_out_channels=channels, layers_per_block=2, latent_channels=4,
+              block_out_channels=channels, layers_per_block=layers_per_block, latent_channels=4,
               scaling_factor=0.18215, force_upcast=True, **extra)
 
 
@@ -66,8 +66,9 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   elif variant == 'demo':
     sections = dict(
         unet=_unet([32, 64, 64, 64], [1, 2, 2, 2], 128, 32),
-        # 8 GroupNorm groups: 4 to 8 channels per group, as the release's 4 to 16 (VAEConfig)
-        vae=_vae([32, 64, 64, 64], norm_num_groups=8),
+        # 8 GroupNorm groups: 4 to 8 channels per group, as the release's 4 to 16 (VAEConfig); one
+        # resnet per level (two in the decoder): trained from scratch it learns faster (docs/training.md)
+        vae=_vae([32, 64, 64, 64], layers_per_block=1, norm_num_groups=8),
         image_encoder=_clip(64, 128, 2, 2, 32, 128),
         pose_net=dict(noise_latent_channels=32),
         face_encoder=_face_encoder(128, 2),

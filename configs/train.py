@@ -24,17 +24,18 @@ Tiny (`configs/train.py:tiny`): the tiny model with seeded random weights on syn
   loss (means of 50 steps) falls from 0.72 to about 0.55 over the 600 steps, 3 min 50 s in all.
 
 Demo (`configs/train.py:demo`): the demo model (`configs/svd_xt.py:demo`) trained from scratch
-(`trained='all'`) on `sa-make-dataset` characters at 64x64, 16 frames, from the checkpoint that
-`sa-init-model` writes (docs/training.md, "Training from scratch"):
+(`trained='all'`) on `sa-make-dataset` characters at 64x64, 12 of each clip's 16 frames, from the
+checkpoint that `sa-init-model` writes (docs/training.md, "Training from scratch"):
 
   sa-make-dataset data/ --clips 256 --eval-clips 16 --size 64
-  sa-init-model --clips data/train --face-embedder data/face_embedder.npz --out runs/init
+  sa-init-model --clips data/train --face-embedder data/face_embedder.npz --out runs/init --vae-steps 600
   sa-train --config configs/train.py:demo --init runs/init --workdir runs/demo --config.data.roots=data/train
   sa-train --workdir runs/demo --export_checkpoint runs/demo/model --ema --export_dtype bfloat16
 
-  Not yet a usable model: on this 2-core CPU the dataset takes 6 min and sa-init-model's VAE
-  (3000 steps, 51 min) still reconstructs coloured blobs (L1 0.244 on [-1, 1] pixels of held-out
-  frames), so the UNet was not trained on it (docs/training.md).
+  Not yet a usable model. On this 2-core CPU: the dataset 6 min; sa-init-model 30 min, its VAE at
+  L1 0.148 on [-1, 1] pixels of held-out frames (the figure a dark blur); the UNet 26 min, loss
+  1.34 -> 0.33, and its videos of held-out clips are coloured fog without the figure
+  (docs/training.md).
 
 Any field can be overridden with `--config.<section>.<field>=value`; unknown fields are refused.
 """
@@ -135,7 +136,7 @@ def _demo(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   config.num_steps = 2500
   config.ema_decay = 0.998
   config.model.tiny = False
-  config.data.update(num_frames=16, stride=1)
+  config.data.update(num_frames=12, stride=1)     # sa-make-dataset's 16-frame clips keep 4 for the reference
   config.optimizer.update(learning_rate=5e-4, schedule='cosine', warmup_steps=200, decay_steps=2300,
                           max_grad_norm=1.0)
   config.checkpoint.every = 500

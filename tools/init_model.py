@@ -11,7 +11,6 @@ sa-make-dataset trained (sa_jax/training/scratch.py).
 """
 
 import argparse
-import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -31,6 +30,8 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument('--config', default='demo', help="model config of configs/svd_xt.py ('demo', 'tiny')")
   parser.add_argument('--vae-steps', type=int, help='VAE training steps (default: autoencoder.TrainingConfig\'s)')
   parser.add_argument('--vae-frames', type=int, default=16, help='frames read per clip for the VAE')
+  parser.add_argument('--vae-batch-size', type=int,
+                      help="runs of frames per VAE step (default: autoencoder.TrainingConfig's)")
   parser.add_argument('--seed', type=int, default=0, help='seed of the random weights and the VAE training')
   parser.add_argument('--overwrite', action='store_true', help='replace an earlier sa-jax checkpoint at --out')
   parser.add_argument('--debug', action='store_true', help='show the traceback of an error')
@@ -44,11 +45,12 @@ def main(argv: Sequence[str] | None = None) -> None:
 def _main(argv: list[str]) -> None:
   parser = _parser()
   args = parser.parse_args(argv)
-  for flag in ('vae_steps', 'vae_frames'):
+  for flag in ('vae_steps', 'vae_frames', 'vae_batch_size'):
     if (getattr(args, flag) or 1) < 1:
       parser.error(f'--{flag.replace("_", "-")} is {getattr(args, flag)}, expected >= 1')
-  if args.vae and args.vae_steps is not None:
-    parser.error('--vae-steps trains a VAE; --vae takes a trained one: give one of them')
+  for flag in ('vae_steps', 'vae_batch_size'):
+    if args.vae and getattr(args, flag) is not None:
+      parser.error(f'--{flag.replace("_", "-")} trains a VAE; --vae takes a trained one: give one of them')
   from configs import svd_xt
   from sa_jax import checkpoint
   from sa_jax.models.stable_animator import ModelConfigs
@@ -69,9 +71,8 @@ def _main(argv: list[str]) -> None:
   if args.vae:
     trained = scratch.trained_vae(args.vae, models.vae)
   else:
-    training = autoencoder.TrainingConfig(seed=args.seed)
-    if args.vae_steps is not None:
-      training = dataclasses.replace(training, steps=args.vae_steps)
+    given = dict(steps=args.vae_steps, batch_size=args.vae_batch_size)
+    training = autoencoder.TrainingConfig(seed=args.seed, **{k: v for k, v in given.items() if v is not None})
     trained = autoencoder.train(scratch.read_clip_frames(folders, args.vae_frames), models.vae, training)
   params, config = scratch.initial_params(models, trained, embedder, args.seed)
   animate.check_params(params, config.models)

@@ -8,6 +8,12 @@ of `decode_chunk_size`, on random crops (`crop_size`). Afterwards `scaling_facto
 of the latents' means over the training frames (as Stable Diffusion chose 0.18215), so that scaled
 latents have unit variance where the diffusion expects it.
 
+The last layer of every residual branch (a resnet's `conv2`, attention's `to_out`) starts at zero,
+so that each block starts as the identity. From scratch, SVD's VAE otherwise learns slowly: with
+Flax's initialisation, and in PyTorch with diffusers' `AutoencoderKLTemporalDecoder` and its own
+initialisation alike, the demo's widths stayed above the error of each frame's mean colour for 300
+steps (docs/training.md).
+
   params, config = train(frames, vae_config, TrainingConfig(...))   # frames: uint8 [N, F, H, W, 3]
 """
 
@@ -20,11 +26,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import traverse_util
 from tqdm import tqdm
 
 from sa_jax.models import vae
 
 logger = logging.getLogger(__name__)
+RESIDUAL_OUTPUTS = ('conv2', 'to_out')                # the last layer of a resnet's / attention's branch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,10 +49,10 @@ class TrainingConfig:
     seed: the initial weights, the batches and the posterior draws.
   """
   steps: int = 1000
-  batch_size: int = 4
+  batch_size: int = 16
   frames_per_sample: int = 4
   crop_size: int = 32
-  learning_rate: float = 2e-3
+  learning_rate: float = 1e-3
   warmup_steps: int = 100
   kl_weight: float = 1e-6
   seed: int = 0
@@ -52,6 +60,13 @@ class TrainingConfig:
 
 def _pixels(frames: jax.Array) -> jax.Array:
   return jnp.asarray(frames, jnp.float32) / 127.5 - 1.0                          # uint8 -> [-1, 1]
+
+
+def initial_params(config: vae.VAEConfig, key: jax.Array, sample_shape: tuple[int, int]) -> dict[str, Any]:
+  """Flax's initialisation of a VAE of `config`, every residual branch's last layer zero (see above)."""
+  params = nn.unbox(vae.VAE(config).init(key, jnp.zeros((1,) + sample_shape + (3,)), 1)['params'])
+  return traverse_util.unflatten_dict({path: jnp.zeros_like(value) if path[-2] in RESIDUAL_OUTPUTS else value
+                                       for path, value in traverse_util.flatten_dict(params).items()})
 
 
 def loss(params: Any, config: vae.VAEConfig, frames: jax.Array, key: jax.Array
@@ -81,8 +96,7 @@ def train(frames: np.ndarray, config: vae.VAEConfig, training: TrainingConfig, p
     raise ValueError(f'crop_size {crop}: expected a multiple of {factor} within the {width}x{height} frames')
   key = jax.random.key(training.seed)
   init_key, key = jax.random.split(key)
-  sample = jnp.zeros((1, crop or height, crop or width, 3))
-  params = nn.unbox(vae.VAE(config).init(init_key, sample, 1)['params'])
+  params = initial_params(config, init_key, (crop or height, crop or width))
   tx = optax.adam(optax.warmup_cosine_decay_schedule(
       0.0, training.learning_rate, min(training.warmup_steps, training.steps // 10), training.steps))
   opt_state = tx.init(params)

@@ -3,18 +3,20 @@ embedder trained on their identities.
 
 The release trains PoseNet, the face encoder and the UNet's attention from SVD's trained UNet, VAE
 and CLIP; a model of new widths has none of those. `initial_params` gives what `sa-train
---config.trained=all` then trains from: UNet, PoseNet and face encoder with random weights
-(`random_init`), the VAE trained on the clips' frames (`autoencoder.py`; or the VAE of an earlier
+--config.trained=all` then trains from: UNet, PoseNet and face encoder initialised for training
+(`training_init`), the VAE trained on the clips' frames (`autoencoder.py`; or the VAE of an earlier
 such checkpoint, `trained_vae`, to try another UNet on the same latents), CLIP with random weights
 (frozen: its image embedding is a fixed random projection of the reference, which the UNet learns
 to read), and the face embedder that `sa-make-dataset` trained (`face_embedder.py`).
 """
 
 import dataclasses
+import functools
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from flax import traverse_util
 
 from sa_jax import checkpoint, diffusion
 from sa_jax.models import random_init, stable_animator
@@ -23,6 +25,8 @@ from sa_jax.models.vae import VAEConfig
 from sa_jax.prep import frames as frame_io
 
 CLIP_FRAMES = 'images'
+MIX_FACTOR = 0.5                            # diffusers' merge_factor / AlphaBlender alpha of SVD's UNet
+POSE_SCALE = 2.0                            # PoseNet's output scale (SPEC §3.1)
 
 
 def read_clip_frames(folders: list[Path], num_frames: int) -> np.ndarray:
@@ -37,6 +41,29 @@ def read_clip_frames(folders: list[Path], num_frames: int) -> np.ndarray:
   if len(shapes) != 1:
     raise ValueError(f'clips of several frame sizes {sorted(s[1:3] for s in shapes)}; expected one')
   return np.stack(clips)
+
+
+def training_init(name: str, abstract: Any, seed: int) -> dict[str, Any]:
+  """Parameters of network `name` (its abstract tree) to train from: kernels ~ N(0, 1/fan_in)
+  (`random_init`), biases 0, norm scales 1, mix factors `MIX_FACTOR`, and the original's starting
+  points: PoseNet's `final_proj` 0 (its features enter the UNet as 0) and scale `POSE_SCALE`, the face
+  encoder's `proj_out` 0 (SPEC §3.2), and each `id_to_k`/`id_to_v` a copy of its attention's
+  `to_k`/`to_v` (SPEC §2)."""
+  drawn = traverse_util.flatten_dict(random_init.random_params(abstract, seed))
+  out = {}
+  for path, value in drawn.items():
+    if path[-1] == 'kernel':
+      value = drawn[path[:-2] + (path[-2][3:], 'kernel')] if path[-2] in ('id_to_k', 'id_to_v') else value
+    elif path[-1] == 'mix_factor':
+      value = np.full_like(value, MIX_FACTOR)
+    elif path[-1] == 'scale':
+      value = np.full_like(value, POSE_SCALE if (name, path) == ('pose_net', ('scale',)) else 1.0)
+    else:
+      value = np.zeros_like(value)
+    if (name, path[:-1]) in (('pose_net', ('final_proj',)), ('face_encoder', ('fusion_model', 'proj_out'))):
+      value = np.zeros_like(value)
+    out[path] = value
+  return traverse_util.unflatten_dict(out)
 
 
 def initial_params(models: ModelConfigs, vae: tuple[dict[str, Any], VAEConfig],
@@ -59,7 +86,8 @@ def initial_params(models: ModelConfigs, vae: tuple[dict[str, Any], VAEConfig],
       params[name] = embedder
     else:
       abstract = stable_animator.BY_NAME[name].abstract_params(getattr(models, name))
-      params[name] = random_init.random_params(abstract, seed + i)
+      init = random_init.random_params if name == 'image_encoder' else functools.partial(training_init, name)
+      params[name] = init(abstract, seed + i)
   return params, checkpoint.CheckpointConfig(models=models, scheduler=diffusion.ScheduleConfig(),
                                              source='sa-init-model: from scratch')
 

@@ -9,17 +9,19 @@ import flax.linen as nn
 import jax
 import numpy as np
 import pytest
+from flax import traverse_util
 from PIL import Image
 
 from configs import svd_xt
+from configs import train as train_configs
 from sa_jax import checkpoint
-from sa_jax.data import character, clip_files
+from sa_jax.data import character, clip_files, clips
 from sa_jax.eval import pose
-from sa_jax.models import iresnet, keypoint_net, vae
+from sa_jax.models import iresnet, keypoint_net
 from sa_jax.training import autoencoder, face_embedder, scratch
 from sa_jax.training import keypoint_net as keypoint_training
 from tools import eval as eval_tool
-from tools import init_model
+from tools import init_model, make_dataset
 
 SIZE, FRAMES = 64, 4
 ARGS = dict(clips=4, eval_clips=2, identities=3, motions=3, held_out_identities=2, held_out_motions=2,
@@ -64,6 +66,13 @@ def test_the_face_embedder_trained_on_the_identities_gives_every_clips_embedding
     assert (np.argmax(cos, axis=1) == k).mean() > 0.9
 
 
+def test_the_demo_training_samples_sa_make_datasets_clips():
+  data = train_configs.get_config('demo').data
+  length = make_dataset._parser().get_default('frames')
+  ids, reference = clips.sample_frames(length, data.num_frames, data.stride, np.random.default_rng(0))
+  assert len(ids) == data.num_frames and reference not in ids
+
+
 def test_init_model_trains_the_vae_and_keeps_the_face_embedder(dataset, tmp_path, caplog):
   root, _, _ = dataset
   out = tmp_path / 'init'
@@ -76,7 +85,7 @@ def test_init_model_trains_the_vae_and_keeps_the_face_embedder(dataset, tmp_path
   with pytest.raises(SystemExit, match=r'^sa-init-model: error: checkpoint parameters do not fit its config'):
     init_model.main(['--clips', str(root / 'train'), '--out', str(out), '--face-embedder', str(other)])
   assert not out.exists()
-  init_model.main(['--clips', str(root / 'train'), '--out', str(out), '--vae-steps', '12',
+  init_model.main(['--clips', str(root / 'train'), '--out', str(out), '--vae-steps', '12', '--vae-batch-size', '4',
                    '--face-embedder', str(root / character.EMBEDDER_FILE), '--vae-frames', str(FRAMES)])
   params, config = checkpoint.load(out)
   demo = svd_xt.get_config('demo')
@@ -85,11 +94,29 @@ def test_init_model_trains_the_vae_and_keeps_the_face_embedder(dataset, tmp_path
   assert config.models.face_embedder == EMBEDDER
   np.testing.assert_array_equal(np.asarray(params['face_embedder']['fc']['kernel']),
                                 checkpoint.load_npz(root / character.EMBEDDER_FILE)['fc']['kernel'])
+  # The networks to train start as the original's: PoseNet and the face tokens' last projection at
+  # zero, every ID projection a copy of its attention's, no biases, unit norms, even temporal mixing.
+  assert float(params['pose_net']['scale'][0]) == scratch.POSE_SCALE
+  for zero in (params['pose_net']['final_proj'], params['face_encoder']['fusion_model']['proj_out']):
+    assert not any(np.any(v) for v in jax.tree.leaves(zero))
+  unet = traverse_util.flatten_dict(params['unet'])
+  copies = [p for p in unet if p[-2] in ('id_to_k', 'id_to_v')]
+  assert copies and all(np.array_equal(unet[p], unet[p[:-2] + (p[-2][3:], 'kernel')]) for p in copies)
+  assert not any(np.any(v) for p, v in unet.items() if p[-1] == 'bias')
+  assert {float(x) for p, v in unet.items() if p[-1] in ('scale', 'mix_factor') for x in (v.min(), v.max())} == {
+      1.0, scratch.MIX_FACTOR}
   # The VAE trained: its reconstructions beat those of its initialisation, and the latents' means
   # have unit variance once scaled by the measured factor.
   frames = scratch.read_clip_frames(sorted((root / 'train').iterdir()), FRAMES)[:2]        # [2, F, H, W, 3]
-  initial = nn.unbox(vae.VAE(config.models.vae).init(jax.random.split(jax.random.key(0))[0],
-                                                     np.zeros((1, SIZE, SIZE, 3), np.float32), 1)['params'])
+  initial = autoencoder.initial_params(config.models.vae, jax.random.split(jax.random.key(0))[0], (SIZE, SIZE))
+  # It started with every residual branch at zero. The demo's one resnet per level: encoder 4 + 2 mid
+  # resnets + the mid attention; decoder 2 per level and 1 mid, each spatial + temporal (with one layer
+  # its mid block has no attention).
+  assert config.models.vae.layers_per_block == 1
+  kernels = {p: v for p, v in traverse_util.flatten_dict(initial).items() if p[-1] == 'kernel'}
+  zero = {p for p, v in kernels.items() if not np.any(v)}
+  assert zero == {p for p in kernels if p[-2] in autoencoder.RESIDUAL_OUTPUTS}
+  assert len(zero) == (4 + 2 + 1) + (4 * 2 + 1) * 2
   key = jax.random.key(1)
   loss = jax.jit(lambda p, x: autoencoder.loss(p, config.models.vae, x, key)[0])
   trained_l1, initial_l1 = loss(params['vae'], frames), loss(initial, frames)
