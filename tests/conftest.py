@@ -1,6 +1,7 @@
 """Test-session setup: 8 simulated CPU devices for the mesh tests (set before JAX starts), SIGINT
-handled as in a terminal, the golden weights laid out as the release and converted once per
-session, and the micro model (tests/micro_model.py) written once per session."""
+handled as in a terminal, the tools' compilation cache in the session's own folder, the golden
+weights laid out as the release and converted once per session, and the micro model
+(tests/micro_model.py) written once per session."""
 
 import os
 import signal
@@ -16,6 +17,15 @@ os.environ['XLA_FLAGS'] = ' '.join(
 # A shell starts background jobs with SIGINT ignored, and the tools respect an ignored signal (so
 # do the child processes the tests start, which inherit it): the interrupt tests need it handled.
 signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+@pytest.fixture(scope='session', autouse=True)
+def compile_cache_home(tmp_path_factory):
+  """$XDG_CACHE_HOME of the session's tools (their JAX compilation cache): one per test process,
+  so parallel workers never read each other's half-written entries and no run touches ~/.cache."""
+  home = tmp_path_factory.mktemp('xdg_cache')
+  os.environ['XDG_CACHE_HOME'] = str(home)
+  return home
 
 
 @pytest.fixture(scope='session')

@@ -105,9 +105,13 @@ def _checkpoint_config(paths, change=lambda data: data) -> None:
 
 
 def _truncated_checkpoint(paths) -> None:
-  """A copy of the converted golden checkpoint with its largest parameter file cut in half."""
+  """A copy of the converted golden checkpoint with every parameter data file cut in half (which
+  file holds which network's arrays varies from one write to another)."""
   shutil.copytree(paths['checkpoint'], paths['tmp'] / 'ckpt')
-  _truncate(max((f for f in (paths['tmp'] / 'ckpt' / 'params').rglob('*') if f.is_file()), key=os.path.getsize))
+  data = [f for f in (paths['tmp'] / 'ckpt' / 'params').rglob('*') if f.is_file() and f.parent.name == 'd']
+  assert data, 'no orbax data files to truncate'
+  for path in data:
+    _truncate(path)
 
 
 def _keypoints(paths, text: str) -> None:
