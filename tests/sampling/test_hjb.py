@@ -64,12 +64,12 @@ def test_refined_x0_equals_the_whole_clip_refinement(setup):
   """`refine` on the chunked gradient lands where Adam on `jax.grad(face_loss)` does.
 
   One iteration: its update lr g / (|g| + eps) is the same in both unless a gradient element is
-  within its rounding of zero (none is, checked), so x0 agrees to float32 rounding plus the gradient's
-  rounding scaled by the update's slope. Later iterations
-  are not compared: this random tiny model's gradient moves by ~0.5 % of its largest element under
-  any ulp-level change of x0 (measured), and Adam's second step divides by each element's gradient,
-  so two programs drift apart there whatever the loss association (`test_sampler` runs the chunked
-  gradient through two Adam iterations inside the sampler).
+  within its rounding of zero (none is, checked), so x0 agrees to float32 rounding plus the
+  gradient's rounding scaled by the update's slope. Later iterations are not compared: this random
+  tiny model's gradient moves by ~0.5 % of its largest element under any ulp-level change of x0
+  (measured), and Adam's second step divides by each element's gradient, so two programs drift
+  apart there whatever the loss association (`test_sampler` runs the chunked gradient through two
+  Adam iterations inside the sampler).
   """
   params, z0, whole, chunked = setup
   lr = 0.05
