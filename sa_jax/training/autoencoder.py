@@ -12,7 +12,10 @@ The last layer of every residual branch (a resnet's `conv2`, attention's `to_out
 so that each block starts as the identity. From scratch, SVD's VAE otherwise learns slowly: with
 Flax's initialisation, and in PyTorch with diffusers' `AutoencoderKLTemporalDecoder` and its own
 initialisation alike, the demo's widths stayed above the error of each frame's mean colour for 300
-steps (docs/training.md).
+steps (docs/training.md). The decoder's last layer, `time_conv_out` (3 frames -> 1), starts as the
+identity over frames: drawn at random it mixed each frame's colours with its neighbours', the first
+and last frame of a decoded chunk having one neighbour fewer, and the reconstructions changed hue
+from frame to frame.
 
   params, config = train(frames, vae_config, TrainingConfig(...))   # frames: uint8 [N, F, H, W, 3]
 """
@@ -63,10 +66,14 @@ def _pixels(frames: jax.Array) -> jax.Array:
 
 
 def initial_params(config: vae.VAEConfig, key: jax.Array, sample_shape: tuple[int, int]) -> dict[str, Any]:
-  """Flax's initialisation of a VAE of `config`, every residual branch's last layer zero (see above)."""
+  """Flax's initialisation of a VAE of `config`, every residual branch's last layer zero and
+  `time_conv_out` the identity over frames (see above)."""
   params = nn.unbox(vae.VAE(config).init(key, jnp.zeros((1,) + sample_shape + (3,)), 1)['params'])
-  return traverse_util.unflatten_dict({path: jnp.zeros_like(value) if path[-2] in RESIDUAL_OUTPUTS else value
-                                       for path, value in traverse_util.flatten_dict(params).items()})
+  params = traverse_util.unflatten_dict({path: jnp.zeros_like(value) if path[-2] in RESIDUAL_OUTPUTS else value
+                                         for path, value in traverse_util.flatten_dict(params).items()})
+  kernel = params['decoder']['time_conv_out']['kernel']                   # [3, 1, 1, C, C]: frames t-1, t, t+1
+  params['decoder']['time_conv_out']['kernel'] = jnp.zeros_like(kernel).at[1, 0, 0].set(jnp.eye(kernel.shape[-1]))
+  return params
 
 
 def loss(params: Any, config: vae.VAEConfig, frames: jax.Array, key: jax.Array

@@ -117,6 +117,9 @@ def test_init_model_trains_the_vae_and_keeps_the_face_embedder(dataset, tmp_path
   zero = {p for p, v in kernels.items() if not np.any(v)}
   assert zero == {p for p in kernels if p[-2] in autoencoder.RESIDUAL_OUTPUTS}
   assert len(zero) == (4 + 2 + 1) + (4 * 2 + 1) * 2
+  # Its last layer passed each frame through unchanged: every frame's colours its own.
+  frame_mix = np.asarray(initial['decoder']['time_conv_out']['kernel'])[:, 0, 0]       # [3, C, C]
+  np.testing.assert_array_equal(frame_mix, np.stack([np.zeros((3, 3)), np.eye(3), np.zeros((3, 3))]))
   key = jax.random.key(1)
   loss = jax.jit(lambda p, x: autoencoder.loss(p, config.models.vae, x, key)[0])
   trained_l1, initial_l1 = loss(params['vae'], frames), loss(initial, frames)
