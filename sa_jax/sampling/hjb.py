@@ -21,6 +21,7 @@ import optax
 from sa_jax.models.stable_animator import crop_faces
 
 COSINE_EPS = 1e-8
+ADAM_EPS = 1e-8                                      # torch Adam's default
 
 
 def face_box(mask: np.ndarray, name: str = 'mask') -> np.ndarray:
@@ -137,8 +138,8 @@ def face_loss_grad(z0: jax.Array, boxes: jax.Array, reference_embedding: jax.Arr
 
 
 def adam() -> optax.GradientTransformation:
-  """torch `Adam` defaults (betas 0.9/0.999, eps 1e-8, no weight decay), without the learning rate."""
-  return optax.scale_by_adam(b1=0.9, b2=0.999, eps=1e-8)
+  """torch `Adam` defaults (betas 0.9/0.999, eps `ADAM_EPS`, no weight decay), without the learning rate."""
+  return optax.scale_by_adam(b1=0.9, b2=0.999, eps=ADAM_EPS)
 
 
 def refine(z0: jax.Array, learning_rate: jax.Array, iterations: int,

@@ -70,9 +70,9 @@ def test_remat_and_query_chunks_change_nothing(small):
   def loss(p, model):
     return jnp.sum(jnp.square(model.apply({'params': p}, *inputs)))
 
-  compile = lambda model: jax.jit(jax.value_and_grad(loss), static_argnums=1).lower(params, model).compile()
-  plain_step = compile(unet.UNet(config))
-  remat_step = compile(unet.UNet(config, remat=True, query_chunk_size=16))
+  compiled_grad = lambda model: jax.jit(jax.value_and_grad(loss), static_argnums=1).lower(params, model).compile()
+  plain_step = compiled_grad(unet.UNet(config))
+  remat_step = compiled_grad(unet.UNet(config, remat=True, query_chunk_size=16))
   plain, grads = plain_step(params)
   remat, remat_grads = remat_step(params)
   np.testing.assert_allclose(remat, plain, rtol=1e-6)

@@ -17,6 +17,8 @@ import math
 
 import numpy as np
 
+from sa_jax.sampling import hjb
+
 EPS32 = float(np.finfo(np.float32).eps)   # 2**-23: one float32 ulp of 1
 LIBM_ULPS = 4.0
 # Networks: the port differs from the float32 reference by about the sum of two float32 errors,
@@ -165,7 +167,7 @@ def training_sigma_rtol(u, image_d=64.0, noise_d_low=32.0, noise_d_high=64.0, si
 # Adam (HJB face correction).
 # ---------------------------------------------------------------------------------------------
 
-ADAM_EPS = 1e-8                  # torch Adam's default eps (reference/README.md: default betas/eps)
+ADAM_EPS = hjb.ADAM_EPS          # torch Adam's default eps (reference/README.md: default betas/eps)
 
 
 def adam_step_bound(k: int, b1: float = 0.9, b2: float = 0.999) -> float:

@@ -77,10 +77,9 @@ def test_refined_x0_equals_the_whole_clip_refinement(setup):
   z = np.asarray(z0, np.float64)
   grad = np.asarray(whole(params, z0)[1], np.float64)
   assert np.abs(grad).min() > _grad_atol(grad), 'a gradient element within rounding of zero: Adam could flip it'
-  adam_eps = 1e-8
-  expected = z - lr * grad / (np.abs(grad) + adam_eps)           # torch Adam's first step: m_hat = g, v_hat = g^2
+  expected = z - lr * grad / (np.abs(grad) + hjb.ADAM_EPS)  # torch Adam's first step: m_hat = g, v_hat = g^2
   # float32 rounding of z - lr u, plus the chunked gradient's own error (_grad_atol) carried through
   # u = g / (|g| + eps), whose slope eps / (|g| + eps)^2 matters for the smallest elements.
-  atol = 4 * EPS32 * (np.abs(z).max() + lr) + lr * adam_eps * _grad_atol(grad) / (np.abs(grad) + adam_eps) ** 2
+  atol = 4 * EPS32 * (np.abs(z).max() + lr) + lr * hjb.ADAM_EPS * _grad_atol(grad) / (np.abs(grad) + hjb.ADAM_EPS) ** 2
   assert (np.abs(refined - expected) <= atol).all(), f'refined x0 off by {np.abs(refined - expected).max():.3g}'
   assert np.abs(refined - z).max() > 0.9 * lr                      # Adam moved x0
