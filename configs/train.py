@@ -28,14 +28,14 @@ Demo (`configs/train.py:demo`): the demo model (`configs/svd_xt.py:demo`) traine
 checkpoint that `sa-init-model` writes (docs/training.md, "Training from scratch"):
 
   sa-make-dataset data/ --clips 256 --eval-clips 16 --size 64
-  sa-init-model --clips data/train --face-embedder data/face_embedder.npz --out runs/init --vae-steps 600
+  sa-init-model --clips data/train --face-embedder data/face_embedder.npz --out runs/init --vae-steps 2400
   sa-train --config configs/train.py:demo --init runs/init --workdir runs/demo --config.data.roots=data/train
   sa-train --workdir runs/demo --export_checkpoint runs/demo/model --ema --export_dtype bfloat16
 
-  Not yet a usable model. On this 2-core CPU: the dataset 6 min; sa-init-model 30 min, its VAE at
-  L1 0.148 on [-1, 1] pixels of held-out frames (the figure a dark blur); the UNet 26 min, loss
-  1.34 -> 0.33, and its videos of held-out clips are coloured fog without the figure
-  (docs/training.md).
+  Not yet a usable model. On this 2-core CPU: the dataset 6 min; sa-init-model 31 min (beside other
+  jobs), its VAE at L1 0.090 on [-1, 1] pixels of held-out frames (the figure a blur of its
+  colours); the UNet (measured on an earlier VAE at 0.148) 26 min, loss 1.34 -> 0.33, and its
+  videos of held-out clips are coloured fog without the figure (docs/training.md).
 
 Any field can be overridden with `--config.<section>.<field>=value`; unknown fields are refused.
 """

@@ -120,6 +120,9 @@ def test_init_model_trains_the_vae_and_keeps_the_face_embedder(dataset, tmp_path
   # Its last layer passed each frame through unchanged: every frame's colours its own.
   frame_mix = np.asarray(initial['decoder']['time_conv_out']['kernel'])[:, 0, 0]       # [3, C, C]
   np.testing.assert_array_equal(frame_mix, np.stack([np.zeros((3, 3)), np.eye(3), np.zeros((3, 3))]))
+  # Its posterior's log-variance was INITIAL_LOGVAR whatever the image: the latents were the means.
+  moments, latent = initial['quant_conv'], config.models.vae.latent_channels
+  assert not np.any(moments['kernel'][..., latent:]) and np.all(moments['bias'][latent:] == autoencoder.INITIAL_LOGVAR)
   key = jax.random.key(1)
   loss = jax.jit(lambda p, x: autoencoder.loss(p, config.models.vae, x, key)[0])
   trained_l1, initial_l1 = loss(params['vae'], frames), loss(initial, frames)
