@@ -36,6 +36,7 @@ from flax import traverse_util
 from tqdm import tqdm
 
 from sa_jax.models import vae
+from sa_jax.training import metrics
 
 logger = logging.getLogger(__name__)
 RESIDUAL_OUTPUTS = ('conv2', 'to_out')                # the last layer of a resnet's / attention's branch
@@ -118,11 +119,11 @@ def train(frames: np.ndarray, config: vae.VAEConfig, training: TrainingConfig, p
   @jax.jit
   def step(params, opt_state, batch, key):
     def objective(p):
-      l1, metrics = loss(p, config, batch, key)
-      return l1 + training.kl_weight * metrics['kl'], metrics
-    (_, metrics), grads = jax.value_and_grad(objective, has_aux=True)(params)
+      l1, terms = loss(p, config, batch, key)
+      return l1 + training.kl_weight * terms['kl'], terms
+    (_, terms), grads = jax.value_and_grad(objective, has_aux=True)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, metrics
+    return optax.apply_updates(params, updates), opt_state, terms
 
   rng = np.random.default_rng(training.seed)
   bar = tqdm(range(training.steps), desc='VAE', unit='step', disable=not progress or None)
@@ -134,11 +135,13 @@ def train(frames: np.ndarray, config: vae.VAEConfig, training: TrainingConfig, p
       ys = rng.integers(0, (height - crop) // factor + 1, training.batch_size) * factor
       xs = rng.integers(0, (width - crop) // factor + 1, training.batch_size) * factor
       batch = np.stack([b[:, y:y + crop, x:x + crop] for b, y, x in zip(batch, ys, xs)])
-    params, opt_state, metrics = step(params, opt_state, batch, jax.random.fold_in(key, i))
-    bar.set_postfix(l1=f'{float(metrics["l1"]):.4f}', kl=f'{float(metrics["kl"]):.3g}')
+    params, opt_state, terms = step(params, opt_state, batch, jax.random.fold_in(key, i))
+    bar.set_postfix(l1=f'{float(terms["l1"]):.4f}', kl=f'{float(terms["kl"]):.3g}')
+    if bar.disable:
+      metrics.log_progress('VAE', i + 1, training.steps, terms)
   scaling_factor = latent_scale(params, config, frames.reshape((-1,) + frames.shape[2:]))
   logger.info('VAE: %d steps, last batch L1 %.4f (pixels in [-1, 1]), KL %.3g; scaling factor %.5f',
-              training.steps, metrics['l1'], metrics['kl'], scaling_factor)
+              training.steps, terms['l1'], terms['kl'], scaling_factor)
   return jax.device_get(params), dataclasses.replace(config, scaling_factor=scaling_factor)
 
 

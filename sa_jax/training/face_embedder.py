@@ -29,6 +29,7 @@ from tqdm import tqdm
 from sa_jax.models import iresnet
 from sa_jax.models.stable_animator import crop_faces
 from sa_jax.sampling import hjb
+from sa_jax.training import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -115,11 +116,13 @@ def train(frames: np.ndarray, boxes: np.ndarray, labels: np.ndarray, config: ire
 
   rng = np.random.default_rng(training.seed)
   bar = tqdm(range(training.steps), desc='face embedder', unit='step', disable=not progress or None)
-  for _ in bar:
+  for i in bar:
     pick = rng.choice(n, training.batch_size, replace=n < training.batch_size)
     params, opt_state, loss, accuracy = step(params, opt_state, frames[pick],
                                              _jittered(boxes[pick], rng, training.jitter, height, width), labels[pick])
     bar.set_postfix(loss=f'{float(loss):.3f}', accuracy=f'{float(accuracy):.2f}')
+    if bar.disable:
+      metrics.log_progress('face embedder', i + 1, training.steps, dict(loss=loss, accuracy=accuracy))
   logger.info('face embedder: %d steps, last batch loss %.3f, accuracy %.2f', training.steps, loss, accuracy)
   return jax.device_get(params['net'])
 

@@ -17,6 +17,7 @@ from flax import traverse_util
 from tqdm import tqdm
 
 from sa_jax.models import keypoint_net
+from sa_jax.training import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -54,13 +55,15 @@ def train(frames: np.ndarray, points: np.ndarray, training: TrainingConfig, prog
 
   rng = np.random.default_rng(training.seed)
   bar = tqdm(range(training.steps), desc='keypoints', unit='step', disable=not progress or None)
-  for _ in bar:
+  for i in bar:
     pick = rng.choice(n, training.batch_size, replace=n < training.batch_size)
     batch, target = frames[pick].copy(), points[pick].copy()
     flip = rng.random(training.batch_size) < 0.5
     batch[flip], target[flip] = mirrored(batch[flip], target[flip])
     params, opt_state, value = step(params, opt_state, batch, target)
     bar.set_postfix(error_px=f'{float(value):.2f}')
+    if bar.disable:
+      metrics.log_progress('keypoint estimator', i + 1, training.steps, dict(error_px=value))
   logger.info('keypoint estimator: %d steps, last batch error %.2f px', training.steps, value)
   return jax.device_get(params)
 

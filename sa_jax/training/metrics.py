@@ -29,6 +29,14 @@ JSONL = 'metrics.jsonl'
 TENSORBOARD = 'tensorboard'
 
 
+def log_progress(name: str, done: int, total: int, scalars: Mapping[str, Any]) -> None:
+  """Logs `scalars` at each tenth of `total` steps and at the last: the progress of a loop whose tqdm
+  bar is off (stderr not a terminal, as in a run logged to a file)."""
+  if done % max(total // 10, 1) == 0 or done == total:
+    logger.info('%s: step %d/%d, %s', name, done, total,
+                ', '.join(f'{k} {_scalar(k, v):.4g}' for k, v in scalars.items()))
+
+
 def _scalar(name: str, value: Any) -> float:
   """A Python float from a number, numpy scalar or 0-d jax/numpy array."""
   if np.ndim(value) != 0:

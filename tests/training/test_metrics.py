@@ -78,3 +78,12 @@ def test_disabled_writes_nothing(tmp_path):
     writer.truncate_after(0)
     writer.flush()
   assert not workdir.exists()
+
+
+def test_log_progress_logs_each_tenth_and_the_last_step(caplog):
+  caplog.set_level('INFO', logger=metrics.logger.name)
+  for done in range(1, 26):
+    metrics.log_progress('VAE', done, 25, {'l1': jnp.float32(0.5), 'kl': 2})
+  assert [r.getMessage() for r in caplog.records] == [f'VAE: step {i}/25, l1 0.5, kl 2' for i in [*range(2, 25, 2), 25]]
+  with pytest.raises(ValueError, match="metric 'l1' has shape"):
+    metrics.log_progress('VAE', 25, 25, {'l1': np.zeros(2)})

@@ -87,6 +87,9 @@ def test_init_model_trains_the_vae_and_keeps_the_face_embedder(dataset, tmp_path
   assert not out.exists()
   init_model.main(['--clips', str(root / 'train'), '--out', str(out), '--vae-steps', '12', '--vae-batch-size', '4',
                    '--face-embedder', str(root / character.EMBEDDER_FILE), '--vae-frames', str(FRAMES)])
+  # Its progress is logged (pytest's stderr is no terminal, so tqdm's bar is off): each step of 12.
+  logged = [r.getMessage() for r in caplog.records if r.getMessage().startswith('VAE: step ')]
+  assert [m.split(',')[0] for m in logged] == [f'VAE: step {i}/12' for i in range(1, 13)]
   params, config = checkpoint.load(out)
   demo = svd_xt.get_config('demo')
   assert config.models.names == ('unet', 'vae', 'image_encoder', 'pose_net', 'face_encoder', 'face_embedder')
