@@ -20,6 +20,7 @@ describes each benchmark and the numbers measured on the development machine.
 import argparse
 import dataclasses
 import importlib.util
+import json
 import logging
 import os
 import re
@@ -39,14 +40,14 @@ from PIL import Image
 from configs import animate as animate_config
 from configs import svd_xt
 from configs import train as train_configs
-from sa_jax import animate, diffusion
+from sa_jax import animate, diffusion, outputs
 from sa_jax.eval import face, fvd, lpips, metrics
 from sa_jax.models import iresnet, random_init, stable_animator, unet, vae
 from sa_jax.models.stable_animator import ModelConfigs
 from sa_jax.sampling import hjb, pipeline, sampler
 from sa_jax.training import loss as loss_lib
 from sa_jax.training import trainer
-from tools import setup_logging
+from tools import bench_original, setup_logging
 
 logger = logging.getLogger('bench')
 BENCHMARKS = ('sampler', 'hjb', 'memory', 'hjb_memory', 'train_memory', 'train_step', 'unet', 'reference', 'batch',
@@ -66,12 +67,15 @@ TRAIN_VARIANTS = (
 )
 MIB = 2 ** 20
 REFERENCE_DIR = Path(__file__).resolve().parents[1] / 'tests' / 'reference'
+REPORT: dict[str, Any] = {'tables': []}      # what --json writes: every table, and raw results by benchmark
 
 
 # ---------------------------------------------------------------------------------------- helpers
 
 def _table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]], notes: Sequence[str] = ()) -> None:
-  """Writes one aligned text table (the tool's output) to stdout."""
+  """Writes one aligned text table (the tool's output) to stdout, and keeps it for --json."""
+  REPORT['tables'].append({'title': title, 'header': list(header), 'rows': [list(r) for r in rows],
+                           'notes': list(notes)})
   cells = [[str(c) for c in header]] + [[f'{c:.4g}' if isinstance(c, float) else str(c) for c in r] for r in rows]
   widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
   lines = [f'\n## {title}', '  '.join(c.ljust(w) for c, w in zip(cells[0], widths)),
@@ -456,7 +460,10 @@ def bench_unet(args: argparse.Namespace) -> None:
 
 
 def bench_reference(args: argparse.Namespace) -> None:
-  """The PyTorch (diffusers) SVD UNet on the golden tiny weights as the baseline of our float32 UNet."""
+  """The original StableAnimator pipeline against sa-animate end to end (fresh processes: wall and
+  peak memory, `tools/bench_original.py`), and the PyTorch (diffusers) SVD UNet on the golden tiny
+  weights as the baseline of our float32 UNet."""
+  _original_pipeline(args)
   missing = [m for m in ('torch', 'diffusers') if importlib.util.find_spec(m) is None]
   if missing:
     _table('reference: PyTorch UNet', ('status',), [(f'skipped: {", ".join(missing)} not importable '
@@ -491,6 +498,46 @@ def bench_reference(args: argparse.Namespace) -> None:
          [(f'PyTorch {torch.__version__} diffusers UNet, {torch.get_num_threads()} threads (baseline)', 'n/a',
            torch_time, '1.000'), ('sa-jax UNet, jitted', seconds, jax_time, _ratio(jax_time, torch_time))],
          ['diffusers has no ID adapter: the sa-jax UNet also runs the face-token attention in every attn2'])
+
+
+def _original_pipeline(args: argparse.Namespace) -> None:
+  checkout = args.stableanimator
+  if checkout and not (Path(checkout) / 'animation' / 'pipelines').is_dir():
+    raise FileNotFoundError(f'--stableanimator {checkout}: not a StableAnimator checkout (no animation/pipelines/)')
+  if checkout and not Path(args.original_python).is_file():
+    raise FileNotFoundError(f'--original-python {args.original_python}: no such Python (bash tools/install_original.sh)')
+  results = bench_original.compare(Path(args.reference_dir), checkout and Path(checkout), Path(args.original_python),
+                                   args.process_repeats)
+  REPORT['end_to_end'] = results
+  rows = []
+  for r in results:
+    original = r['original'] or {}
+    for label, ours in (('cold', r['ours_cold']), ('warm', r['ours_warm'])):
+      rows.append((f'{r["case"]}: sa-animate, {label} cache', ours['wall_s'], ours['rss_mib'],
+                   _ratio(ours['wall_s'], original.get('wall_s', 0)), _ratio(ours['rss_mib'], original.get('rss_mib', 0))))
+    if original:
+      rows.append((f'{r["case"]}: original (baseline; its pipeline call {original["pipeline_s"]:.3g} s)',
+                   original['wall_s'], original['rss_mib'], '1.000', '1.000'))
+  versions = results[0].get('original_versions') if results else None
+  _table(f'reference: end to end, fresh processes (median of {args.process_repeats}), golden tiny pipeline weights',
+         ('run', 'wall s', 'peak RSS MiB', 'wall ours/original', 'RSS ours/original'), rows,
+         [f'the original: {", ".join(f"{k} {v}" for k, v in versions.items())}' if versions else
+          'the original: skipped (no --stableanimator checkout given); sa-animate alone',
+          'cold: no compilation cache, every program compiled; warm: a cache filled by one run before'])
+  step = bench_original.compare_unet(checkout and Path(checkout), Path(args.original_python), args.release_unet_frames,
+                                     args.release_unet_size, args.process_repeats)
+  REPORT['release_unet_step'] = step
+  ours, theirs = step['ours'], step['original'] or {}
+  _table(f'reference: one denoising step of the release UNet ({ours["parameters"] / 1e9:.2f} B parameters, random '
+         f'weights), {args.release_unet_frames} frames of {args.release_unet_size}x{args.release_unet_size} latents, '
+         f'cond + uncond, float32, fresh processes',
+         ('side', 'compile s', f'step s (median of {args.process_repeats})', 'peak RSS MiB', 'step ours/original',
+          'RSS ours/original'),
+         ([('the original: two batch-1 calls, uncond without pose latents (baseline)', 'n/a', theirs['unet_step_s'],
+            theirs['rss_mib'], '1.000', '1.000')] if theirs else []) +
+         [('sa-jax: one batch-2 call', ours['compile_s'], ours['unet_step_s'], ours['rss_mib'],
+           _ratio(ours['unet_step_s'], theirs.get('unet_step_s', 0)), _ratio(ours['rss_mib'], theirs.get('rss_mib', 0)))],
+         [] if theirs else ['the original: skipped (no --stableanimator checkout given)'])
 
 
 def bench_batch(args: argparse.Namespace) -> None:
@@ -588,9 +635,25 @@ def _parser() -> argparse.ArgumentParser:
                  help='train_memory: configs/train.py overrides per variant, field=value;field=value')
   p.add_argument('--train-step-variant', default='lora.rank=8;lora.alpha=8;data.width=256;data.height=256;'
                  'data.num_frames=4', help='train_step: configs/train.py overrides (a size this machine can run)')
+  p.add_argument('--stableanimator', help='reference: a checkout of Francis-Rings/StableAnimator (the original '
+                 'pipeline as the baseline end to end; none: sa-animate alone)')
+  p.add_argument('--original-python', default=str(bench_original.DEFAULT_PYTHON),
+                 help='reference: the Python that runs the original (bash tools/install_original.sh)')
+  p.add_argument('--release-unet-frames', type=int, default=4, help='reference: frames of the release UNet step')
+  p.add_argument('--release-unet-size', type=int, default=32, help='reference: its latent height = width')
+  p.add_argument('--process-repeats', type=int, default=3, help='reference: fresh processes per end-to-end variant')
+  p.add_argument('--json', help='also write every table to this JSON file')
   p.add_argument('--reference-dir', default=os.environ.get('SA_REFERENCE_DIR', str(REFERENCE_DIR)),
                  help='reference: golden set whose first UNet case gives config and weights')
   return p
+
+
+def _is_report(path: Path) -> bool:
+  try:
+    report = json.loads(path.read_text())
+  except (OSError, UnicodeDecodeError, ValueError):
+    return False
+  return isinstance(report, dict) and {'machine', 'tables'} <= set(report)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -601,11 +664,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.error(f'unknown benchmarks {unknown}; choose from {", ".join(BENCHMARKS)}')
   if args.repeats < 1:
     raise ValueError(f'--repeats must be >= 1, got {args.repeats}')
+  if args.json:     # replaces only an earlier report of this tool, checked before anything runs
+    outputs.check_target(args.json, overwrite=True, ours=_is_report, what='a tools.bench --json report',
+                         inputs=[args.reference_dir, args.stableanimator])
   setup_logging()
-  sys.stdout.write(f'# sa-jax benchmarks: jax {jax.__version__}, {jax.devices()[0].device_kind} '
-                   f'x{jax.device_count()}, {os.cpu_count()} host cores\n')
+  REPORT.clear()
+  REPORT['tables'] = []
+  machine = f'jax {jax.__version__}, {jax.devices()[0].device_kind} x{jax.device_count()}, {os.cpu_count()} host cores'
+  sys.stdout.write(f'# sa-jax benchmarks: {machine}\n')
+  REPORT['machine'] = machine
   for name in dict.fromkeys(args.benchmarks):
     globals()[f'bench_{name}'](args)
+  if args.json:
+    staged = outputs.staging_path(args.json)
+    staged.write_text(json.dumps(REPORT, indent=1, default=str))
+    outputs.replace(staged, args.json)
 
 
 if __name__ == '__main__':

@@ -44,13 +44,32 @@ class Case:
     with np.load(self.path / 'io.npz') as data:
       return {k: data[k] for k in data.files}
 
+  def weights(self) -> dict[str, Path]:
+    """The weight paths of a case that names them (`pipeline`, `train_step`): case.json's
+    `"name (comment)": "relative path (comment)"` entries, resolved."""
+    return {k.split(' ')[0]: (self.path / v.split(' ')[0]).resolve() for k, v in self.meta['weights'].items()}
+
+  def release_paths(self) -> Any:
+    """The case's weights as `convert.release.ReleasePaths` (the release layout the converter reads)."""
+    from convert import release
+    weights = self.weights()
+    return release.ReleasePaths(
+        unet_config=weights['unet'] / 'unet', vae=weights['vae'], image_encoder=weights['image_encoder'],
+        unet=weights['unet'] / 'unet.pth', pose_net=weights['pose_net'], face_encoder=weights['face_encoder'],
+        face_embedder=weights.get('face_embedding_extractor'), scheduler=weights['scheduler'],
+        feature_extractor=weights['feature_extractor'])
+
   def __str__(self) -> str:
     return self.name
 
 
 def cases(kind: str) -> list[Case]:
-  """All cases of one kind (`case.json["case"] == kind`), sorted by folder name."""
-  root = reference_dir()
+  """All cases of one kind (`case.json["case"] == kind`) of `reference_dir()`, sorted by folder name."""
+  return cases_in(reference_dir(), kind)
+
+
+def cases_in(root: Path, kind: str) -> list[Case]:
+  """All cases of one kind under `root`, sorted by folder name."""
   found = []
   for folder in sorted(p for p in root.iterdir() if (p / 'case.json').is_file()):
     if json.loads((folder / 'case.json').read_text()).get('case') == kind:

@@ -36,23 +36,12 @@ def _video(x):
   return _nhwc(x[0])
 
 
-def _release_paths(case) -> release.ReleasePaths:
-  # Entries read 'relative path (comment)' and 'name (comment)'.
-  weights = {k.split(' ')[0]: (case.path / v.split(' ')[0]).resolve() for k, v in case.meta['weights'].items()}
-  unet_folder = weights['unet']
-  return release.ReleasePaths(
-      unet_config=unet_folder / 'unet', vae=weights['vae'], image_encoder=weights['image_encoder'],
-      unet=unet_folder / 'unet.pth', pose_net=weights['pose_net'], face_encoder=weights['face_encoder'],
-      face_embedder=weights.get('face_embedding_extractor'), scheduler=weights['scheduler'],
-      feature_extractor=weights['feature_extractor'])
-
-
 @pytest.fixture(scope='module', params=CASES, ids=str)
 def setup(request, tmp_path_factory):
   """The case's weights converted and saved by the converter, then loaded as sa-animate loads them."""
   case = request.param
   folder = tmp_path_factory.mktemp('pipeline') / 'ckpt'
-  checkpoint.save(folder, *release.convert_release(_release_paths(case)))
+  checkpoint.save(folder, *release.convert_release(case.release_paths()))
   params, config = checkpoint.load(folder)
   embedding = folder.parent / 'face_embedding.npy'
   np.save(embedding, case.io['id_embedding'])

@@ -1,15 +1,22 @@
-"""`python -m tools.bench` smoke test: the fastest path prints a table with a ratio column.
+"""`python -m tools.bench`: the fastest path prints a table with a ratio column, the JSON report,
+and the end-to-end comparison's parts (a process measured alone, both sides given the same case,
+the original's attention stand-in); the original itself is not in CI (no checkout there).
 
 Timings are printed, never asserted (they belong to the benchmark suite, not to tests).
 """
 
+import json
 import re
+import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import pytest
 
-from tools import bench
+from sa_jax import animate, checkpoint
+from tools import animate as animate_tool
+from tools import bench, bench_original, original
 
 
 def test_sampler_benchmark_prints_a_ratio_table(capsys):
@@ -44,3 +51,71 @@ def test_flops_are_xlas_count_of_the_compiled_program():
   a, b = jax.ShapeDtypeStruct((8, 16), jnp.float32), jax.ShapeDtypeStruct((16, 4), jnp.float32)
   compiled, _ = bench._compile(jax.jit(jnp.matmul), a, b)
   assert bench._flops(compiled) == 2 * 8 * 16 * 4
+
+
+def test_json_report_holds_the_tables_and_replaces_only_a_report(tmp_path, capsys):
+  args = ['train_memory', '--train-variants', 'mesh.shape=fsdp=1024']          # a table without compiling
+  other = tmp_path / 'notes.json'
+  other.write_text('{"mine": 1}')
+  with pytest.raises(FileExistsError, match='is not a tools.bench --json report'):
+    bench.main(args + ['--json', str(other)])
+  assert json.loads(other.read_text()) == {'mine': 1}
+  report = tmp_path / 'report.json'
+  for _ in range(2):                                   # the second run replaces the first's report
+    bench.main(args + ['--json', str(report)])
+  written = json.loads(report.read_text())
+  assert written['machine'].startswith(f'jax {jax.__version__}')
+  assert [t['title'].split(':')[0] for t in written['tables']] == ['train_memory']
+  assert 'needs 1024 devices' in str(written['tables'][0]['rows'])
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['notes.json', 'report.json']
+
+
+def test_a_process_is_measured_alone(tmp_path):
+  touch = 'b = bytearray(300 * 2**20); b[::4096] = bytes(len(b[::4096])); print("big")'
+  big = bench_original._measured([sys.executable, '-c', touch])
+  small = bench_original._measured([sys.executable, '-c', 'print("small")'])
+  assert (big['last_line'], small['last_line']) == ('big', 'small')
+  # Each its own peak, not this (larger) test process's, whose pages a forked child shares until exec.
+  assert big['rss_mib'] > 300 and small['rss_mib'] < 100 and big['wall_s'] > 0
+  with pytest.raises(RuntimeError, match='failed .1.: boom'):
+    bench_original._measured([sys.executable, '-c', 'import sys; sys.exit("boom")'])
+
+
+@pytest.fixture(scope='module')
+def tiny_checkpoint(tmp_path_factory):
+  folder = tmp_path_factory.mktemp('bench') / 'ckpt'
+  checkpoint.save(folder, *animate.tiny_model())
+  return folder
+
+
+@pytest.mark.parametrize('case', bench_original.CASES, ids=lambda c: c.name.split(',')[0] + ('-hjb' if c.hjb else ''))
+def test_both_sides_run_the_same_case(case, tiny_checkpoint, tmp_path):
+  inputs = bench_original.write_inputs(case, tmp_path / 'inputs')
+  ours = bench_original.ours_command(case, tiny_checkpoint, inputs, tmp_path / 'out.mp4', tmp_path / 'cache')
+  assert ours[1:3] == ['-m', 'tools.animate']
+  job = animate_tool.validate(ours[3:])                 # sa-animate's own checks: options, inputs, outputs
+  sampling, hjb = job.run.sampler, job.run.hjb
+  assert job.requests[0].poses.shape[:3] == (case.frames, case.height, case.width)
+  assert (sampling.num_steps, sampling.guidance, sampling.tile_size, sampling.tile_overlap) == (
+      case.steps, case.guidance, case.tile_size, case.tile_overlap)
+  assert hjb.enabled == bool(case.hjb) and job.run.io.compile_cache_dir == str(tmp_path / 'cache')
+  theirs = original.parser().parse_args(
+      bench_original.original_command(case, Path('python'), Path('checkout'), Path('weights'), inputs)[2:])
+  assert theirs.task == 'pipeline'
+  assert (theirs.width, theirs.height, theirs.steps, theirs.guidance, theirs.tile_size, theirs.tile_overlap) == (
+      case.width, case.height, case.steps, case.guidance, case.tile_size, case.tile_overlap)
+  if case.hjb:
+    assert (hjb.start, hjb.end, hjb.iterations) == (theirs.hjb_start, theirs.hjb_end, theirs.hjb_iterations) == case.hjb
+  else:
+    assert theirs.hjb_start > case.steps, 'the original refines only from hjb_start on'
+
+
+@pytest.mark.parametrize('shape', [(2, 5, 8), (2, 5, 3, 8)], ids=['BMK', 'BMHK'])
+def test_the_originals_xformers_stand_in_is_softmax_attention(shape):
+  import torch
+  q, k, v = (torch.randn(shape, generator=torch.Generator().manual_seed(i), dtype=torch.float64) for i in range(3))
+  heads_first = (lambda x: x.transpose(1, 2)) if len(shape) == 4 else (lambda x: x)
+  for scale in (None, 0.5):
+    logits = heads_first(q) @ heads_first(k).transpose(-1, -2) * (scale or shape[-1] ** -0.5)
+    expected = heads_first(torch.softmax(logits, -1) @ heads_first(v))
+    torch.testing.assert_close(original.memory_efficient_attention(q, k, v, scale=scale), expected)

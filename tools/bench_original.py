@@ -1,0 +1,228 @@
+"""End to end against the original: `sa-animate` and the original StableAnimator pipeline
+(`tools/original.py`), each run as a fresh process on the same weights and inputs, timed from outside
+(wall seconds, peak resident memory from `wait4`). Part of `python -m tools.bench reference`.
+
+The weights are the golden reference set's tiny `pipeline` case (tests/reference/README.md),
+converted for sa-animate by our converter and loaded by the original as its release script loads
+the release. The inputs are the bundled sample (its 5 poses repeated and every image resized for
+larger cases). sa-animate runs cold (no compilation cache: every program compiled) and warm (a cache
+filled by one run beforehand).
+"""
+
+import dataclasses
+import json
+import logging
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from convert import release
+from sa_jax import animate, checkpoint
+from tests.parity import reference
+
+logger = logging.getLogger('bench')
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_PYTHON = ROOT / '.venv-original' / 'bin' / 'python'
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+  """One end-to-end comparison: a clip of `frames` poses at `width` x `height`."""
+  name: str
+  width: int
+  height: int
+  frames: int
+  steps: int
+  guidance: float
+  tile_size: int
+  tile_overlap: int
+  hjb: tuple[int, int, int] | None = None       # (first step, last step, Adam iterations)
+
+
+CASES = (
+    Case('64x128, 5 frames, 4 steps, guidance 2', 64, 128, 5, 4, 2.0, 5, 2),
+    Case('same + HJB (steps 0-1, 3 Adam iterations)', 64, 128, 5, 4, 2.0, 5, 2, hjb=(0, 1, 3)),
+    Case('256x512, 8 frames, 10 steps, tile 8 overlap 1', 256, 512, 8, 10, 2.0, 8, 1),
+)
+
+
+def write_inputs(case: Case, folder: Path) -> Path:
+  """The bundled sample as a case of `case.frames` frames at its size (poses repeated in order,
+  images resized: nearest for poses and masks, bilinear for the reference)."""
+  sample = animate.SAMPLE_DIR
+  size = (case.width, case.height)
+  for sub in ('poses', 'faces'):
+    (folder / sub).mkdir(parents=True)
+    frames = sorted((sample / sub).glob('frame_*.png'), key=lambda p: int(p.stem.split('_')[1]))
+    for i in range(case.frames):
+      with Image.open(frames[i % len(frames)]) as image:
+        image.resize(size, Image.NEAREST).save(folder / sub / f'frame_{i}.png')
+  with Image.open(sample / 'reference.png') as image:
+    image.resize(size, Image.BILINEAR).save(folder / 'reference.png')
+  with Image.open(sample / 'reference_face_mask.png') as image:
+    image.resize(size, Image.NEAREST).save(folder / 'reference_face_mask.png')
+  np.save(folder / 'face_embedding.npy', np.load(sample / 'face_embedding.npy', allow_pickle=False))
+  return folder
+
+
+# Starts the measured command from a fresh small Python and reports its rusage: a child's ru_maxrss
+# counts the pages it shared with its parent until exec (Linux keeps the old address space's high
+# water mark), so a command forked by this large process would report at least our own size.
+LAUNCHER = """
+import json, os, subprocess, sys, time
+start = time.perf_counter()
+child = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(child.pid, 0)
+report = {'status': os.waitstatus_to_exitcode(status), 'wall_s': time.perf_counter() - start,
+          'rss_mib': usage.ru_maxrss / 1024}
+with open(sys.argv[1], 'w') as f:
+  json.dump(report, f)
+"""
+
+
+def _measured(command: list[str], what: str = '') -> dict[str, Any]:
+  """Runs `command` to the end: wall seconds, peak RSS (MiB) of that process alone, its last stdout
+  line (logged as `what` when given)."""
+  with tempfile.TemporaryDirectory(prefix='sa-bench-usage-') as folder:
+    usage_file = Path(folder) / 'usage.json'
+    done = subprocess.run([sys.executable, '-c', LAUNCHER, str(usage_file), *command], capture_output=True,
+                          text=True, cwd=ROOT, check=False)
+    usage = json.loads(usage_file.read_text()) if usage_file.is_file() else {'status': done.returncode}
+  if usage['status'] or done.returncode:
+    err = done.stderr.strip()
+    raise RuntimeError(f'{" ".join(command[:3])} ... failed ({usage["status"] or done.returncode}): '
+                       f'{err.splitlines()[-1] if err else "no message"}')
+  lines = done.stdout.strip().splitlines()
+  if what:
+    logger.info('%s: %.1f s, peak RSS %.0f MiB', what, usage['wall_s'], usage['rss_mib'])
+  return {'wall_s': usage['wall_s'], 'rss_mib': usage['rss_mib'], 'last_line': lines[-1] if lines else ''}
+
+
+def _median(runs: list[dict[str, Any]]) -> dict[str, float]:
+  return {k: statistics.median(r[k] for r in runs) for k in ('wall_s', 'rss_mib')}
+
+
+def ours_command(case: Case, ckpt: Path, inputs: Path, out: Path, cache: Path | None) -> list[str]:
+  command = [sys.executable, '-m', 'tools.animate', '--checkpoint', str(ckpt), '--input', str(inputs),
+             '--out', str(out), '--overwrite', '--width', str(case.width), '--height', str(case.height),
+             '--steps', str(case.steps), '--guidance', str(case.guidance), '--tile-size', str(case.tile_size),
+             '--tile-overlap', str(case.tile_overlap), '--decode-chunk-size', '4', '--noise-aug-strength', '0']
+  if case.hjb:
+    start, end, iterations = case.hjb
+    command += ['--hjb', '--hjb-start', str(start), '--hjb-end', str(end), '--hjb-iterations', str(iterations)]
+  return command + (['--no-compile-cache'] if cache is None else [f'--config.io.compile_cache_dir={cache}'])
+
+
+def original_command(case: Case, python: Path, checkout: Path, weights: Path, inputs: Path) -> list[str]:
+  command = [str(python), str(ROOT / 'tools' / 'original.py'), '--stableanimator', str(checkout), 'pipeline',
+             '--weights', str(weights), '--case', str(inputs), '--width', str(case.width),
+             '--height', str(case.height), '--steps', str(case.steps), '--guidance', str(case.guidance),
+             '--tile-size', str(case.tile_size), '--tile-overlap', str(case.tile_overlap)]
+  if case.hjb:
+    start, end, iterations = case.hjb
+    command += ['--hjb-start', str(start), '--hjb-end', str(end), '--hjb-iterations', str(iterations)]
+  return command
+
+
+def compare(reference_dir: Path, checkout: Path | None, python: Path, repeats: int,
+            cases: tuple[Case, ...] = CASES) -> list[dict[str, Any]]:
+  """Per case: the medians over `repeats` fresh processes of sa-animate cold and warm and of the
+  original (None without a checkout), and the original's own pipeline seconds."""
+  found = reference.cases_in(reference_dir, 'pipeline')
+  if not found:
+    raise FileNotFoundError(f'no pipeline case (case.json "case": "pipeline") under {reference_dir}')
+  weights = found[0]
+  results = []
+  with tempfile.TemporaryDirectory(prefix='sa-bench-') as tmp:
+    tmp = Path(tmp)
+    ckpt = tmp / 'ckpt'
+    checkpoint.save(ckpt, *release.convert_release(weights.release_paths()))
+    for n, case in enumerate(cases):
+      inputs = write_inputs(case, tmp / f'case{n}' / 'inputs')
+      out = tmp / f'case{n}' / 'out.mp4'
+      what = f'case {n + 1}/{len(cases)} ({case.name})'
+      cold = [_measured(ours_command(case, ckpt, inputs, out, None), f'{what}: sa-animate cold, run {i + 1}')
+              for i in range(repeats)]
+      cache = tmp / f'case{n}' / 'cache'
+      _measured(ours_command(case, ckpt, inputs, out, cache), f'{what}: sa-animate filling the cache')
+      warm = [_measured(ours_command(case, ckpt, inputs, out, cache), f'{what}: sa-animate warm, run {i + 1}')
+              for i in range(repeats)]
+      result = {'case': case.name, 'ours_cold': _median(cold), 'ours_warm': _median(warm), 'original': None}
+      if checkout is not None:
+        runs = [_measured(original_command(case, python, checkout, weights.path, inputs),
+                          f'{what}: the original, run {i + 1}') for i in range(repeats)]
+        result['original'] = _median(runs)
+        result['original']['pipeline_s'] = statistics.median(json.loads(r['last_line'])['pipeline_s'] for r in runs)
+        result['original_versions'] = json.loads(runs[0]['last_line'])['versions']
+      results.append(result)
+  return results
+
+
+def release_unet_config() -> dict[str, Any]:
+  """The release UNet's constructor arguments for diffusers (configs/svd_xt.py without our own keys)."""
+  from configs import svd_xt
+  return {k: v for k, v in svd_xt.get_config().unet.to_dict().items() if k != 'num_face_tokens'}
+
+
+def ours_unet_step(frames: int, latent_size: int, repeats: int) -> dict[str, Any]:
+  """One denoising step's UNet work as sa-animate does it, both guidance branches in one batch-2
+  call, at the release widths with random weights: compile seconds, median step seconds."""
+  import jax
+  import jax.numpy as jnp
+  from configs import svd_xt
+  from sa_jax.models import random_init, unet
+  config = unet.UNetConfig.from_dict(svd_xt.get_config().unet.to_dict())
+  params = jax.device_put(random_init.random_params(unet.abstract_params(config), 0))
+  rng = np.random.default_rng(0)
+  draw = lambda *shape: jnp.asarray(rng.standard_normal(shape), jnp.float32)
+  inputs = (draw(2, frames, latent_size, latent_size, config.in_channels), jnp.float32(-0.25),
+            draw(2, config.num_face_tokens + 1, config.cross_attention_dim), jnp.tile(jnp.float32([[6, 127, 0.02]]), (2, 1)),
+            draw(2, frames, latent_size, latent_size, config.block_out_channels[0]))
+  model = unet.UNet(config)
+  started = time.perf_counter()
+  step = jax.jit(lambda p, *x: model.apply({'params': p}, *x)).lower(params, *inputs).compile()
+  compile_s = time.perf_counter() - started
+  jax.block_until_ready(step(params, *inputs))                                  # warm-up
+  times = []
+  for _ in range(repeats):
+    started = time.perf_counter()
+    jax.block_until_ready(step(params, *inputs))
+    times.append(time.perf_counter() - started)
+  return {'unet_step_s': statistics.median(times), 'compile_s': compile_s,
+          'parameters': sum(x.size for x in jax.tree.leaves(params))}
+
+
+def compare_unet(checkout: Path | None, python: Path, frames: int, latent_size: int, repeats: int) -> dict[str, Any]:
+  """The release-width UNet's step, ours and (with a checkout) the original's, each in a fresh process."""
+  what = f'release UNet, {frames} frames of {latent_size}x{latent_size} latents'
+  ours = _measured([sys.executable, '-m', 'tools.bench_original', '--frames', str(frames), '--latent-size',
+                    str(latent_size), '--repeats', str(repeats)], f'{what}: sa-jax')
+  result = {'ours': {**json.loads(ours['last_line']), 'rss_mib': ours['rss_mib']}, 'original': None}
+  if checkout is not None:
+    theirs = _measured([str(python), str(ROOT / 'tools' / 'original.py'), '--stableanimator', str(checkout), 'unet',
+                        '--unet-config', json.dumps(release_unet_config()), '--frames', str(frames),
+                        '--latent-size', str(latent_size), '--repeats', str(repeats)], f'{what}: the original')
+    result['original'] = {**json.loads(theirs['last_line']), 'rss_mib': theirs['rss_mib']}
+  return result
+
+
+def main() -> None:
+  """`python -m tools.bench_original`: ours_unet_step in this fresh process, printed as one JSON line."""
+  import argparse
+  p = argparse.ArgumentParser(description=ours_unet_step.__doc__.split('\n')[0])
+  p.add_argument('--frames', type=int, required=True)
+  p.add_argument('--latent-size', type=int, required=True)
+  p.add_argument('--repeats', type=int, default=3)
+  args = p.parse_args()
+  print(json.dumps(ours_unet_step(args.frames, args.latent_size, args.repeats)))
+
+
+if __name__ == '__main__':
+  main()
