@@ -501,43 +501,39 @@ def bench_reference(args: argparse.Namespace) -> None:
 
 
 def _original_pipeline(args: argparse.Namespace) -> None:
-  checkout = args.stableanimator
-  if checkout and not (Path(checkout) / 'animation' / 'pipelines').is_dir():
-    raise FileNotFoundError(f'--stableanimator {checkout}: not a StableAnimator checkout (no animation/pipelines/)')
-  if checkout and not Path(args.original_python).is_file():
-    raise FileNotFoundError(f'--original-python {args.original_python}: no such Python (bash tools/install_original.sh)')
-  results = bench_original.compare(Path(args.reference_dir), checkout and Path(checkout), Path(args.original_python),
-                                   args.process_repeats)
+  if not args.stableanimator:
+    _table('reference: against the original StableAnimator', ('status',),
+           [('skipped: no --stableanimator checkout given (docs/benchmarks.md)',)])
+    return
+  checkout = Path(args.stableanimator)
+  results = bench_original.compare(Path(args.reference_dir), checkout, Path(args.original_python), args.process_repeats)
   REPORT['end_to_end'] = results
   rows = []
   for r in results:
-    original = r['original'] or {}
+    original = r['original']
     for label, ours in (('cold', r['ours_cold']), ('warm', r['ours_warm'])):
       rows.append((f'{r["case"]}: sa-animate, {label} cache', ours['wall_s'], ours['rss_mib'],
-                   _ratio(ours['wall_s'], original.get('wall_s', 0)), _ratio(ours['rss_mib'], original.get('rss_mib', 0))))
-    if original:
-      rows.append((f'{r["case"]}: original (baseline; its pipeline call {original["pipeline_s"]:.3g} s)',
-                   original['wall_s'], original['rss_mib'], '1.000', '1.000'))
-  versions = results[0].get('original_versions') if results else None
+                   _ratio(ours['wall_s'], original['wall_s']), _ratio(ours['rss_mib'], original['rss_mib'])))
+    rows.append((f'{r["case"]}: original (baseline; its pipeline call {original["pipeline_s"]:.3g} s)',
+                 original['wall_s'], original['rss_mib'], '1.000', '1.000'))
+  versions = results[0]['original_versions']
   _table(f'reference: end to end, fresh processes (median of {args.process_repeats}), golden tiny pipeline weights',
          ('run', 'wall s', 'peak RSS MiB', 'wall ours/original', 'RSS ours/original'), rows,
-         [f'the original: {", ".join(f"{k} {v}" for k, v in versions.items())}' if versions else
-          'the original: skipped (no --stableanimator checkout given); sa-animate alone',
+         [f'the original: {", ".join(f"{k} {v}" for k, v in versions.items())}',
           'cold: no compilation cache, every program compiled; warm: a cache filled by one run before'])
-  step = bench_original.compare_unet(checkout and Path(checkout), Path(args.original_python), args.release_unet_frames,
+  step = bench_original.compare_unet(checkout, Path(args.original_python), args.release_unet_frames,
                                      args.release_unet_size, args.process_repeats)
   REPORT['release_unet_step'] = step
-  ours, theirs = step['ours'], step['original'] or {}
+  ours, theirs = step['ours'], step['original']
   _table(f'reference: one denoising step of the release UNet ({ours["parameters"] / 1e9:.2f} B parameters, random '
          f'weights), {args.release_unet_frames} frames of {args.release_unet_size}x{args.release_unet_size} latents, '
          f'cond + uncond, float32, fresh processes',
          ('side', 'compile s', f'step s (median of {args.process_repeats})', 'peak RSS MiB', 'step ours/original',
           'RSS ours/original'),
-         ([('the original: two batch-1 calls, uncond without pose latents (baseline)', 'n/a', theirs['unet_step_s'],
-            theirs['rss_mib'], '1.000', '1.000')] if theirs else []) +
-         [('sa-jax: one batch-2 call', ours['compile_s'], ours['unet_step_s'], ours['rss_mib'],
-           _ratio(ours['unet_step_s'], theirs.get('unet_step_s', 0)), _ratio(ours['rss_mib'], theirs.get('rss_mib', 0)))],
-         [] if theirs else ['the original: skipped (no --stableanimator checkout given)'])
+         [('the original: two batch-1 calls, uncond without pose latents (baseline)', 'n/a', theirs['unet_step_s'],
+           theirs['rss_mib'], '1.000', '1.000'),
+          ('sa-jax: one batch-2 call', ours['compile_s'], ours['unet_step_s'], ours['rss_mib'],
+           _ratio(ours['unet_step_s'], theirs['unet_step_s']), _ratio(ours['rss_mib'], theirs['rss_mib']))])
 
 
 def bench_batch(args: argparse.Namespace) -> None:
@@ -636,7 +632,7 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument('--train-step-variant', default='lora.rank=8;lora.alpha=8;data.width=256;data.height=256;'
                  'data.num_frames=4', help='train_step: configs/train.py overrides (a size this machine can run)')
   p.add_argument('--stableanimator', help='reference: a checkout of Francis-Rings/StableAnimator (the original '
-                 'pipeline as the baseline end to end; none: sa-animate alone)')
+                 'pipeline as the baseline end to end; none: that comparison is skipped)')
   p.add_argument('--original-python', default=str(bench_original.DEFAULT_PYTHON),
                  help='reference: the Python that runs the original (bash tools/install_original.sh)')
   p.add_argument('--release-unet-frames', type=int, default=4, help='reference: frames of the release UNet step')
@@ -662,8 +658,16 @@ def main(argv: Sequence[str] | None = None) -> None:
   unknown = [b for b in args.benchmarks if b not in BENCHMARKS]
   if unknown:
     parser.error(f'unknown benchmarks {unknown}; choose from {", ".join(BENCHMARKS)}')
-  if args.repeats < 1:
-    raise ValueError(f'--repeats must be >= 1, got {args.repeats}')
+  for flag in ('repeats', 'process_repeats'):
+    if getattr(args, flag) < 1:
+      raise ValueError(f'--{flag.replace("_", "-")} must be >= 1, got {getattr(args, flag)}')
+  if args.stableanimator and 'reference' in args.benchmarks:
+    if not (Path(args.stableanimator) / 'animation' / 'pipelines').is_dir():
+      raise FileNotFoundError(f'--stableanimator {args.stableanimator}: not a StableAnimator checkout '
+                              '(no animation/pipelines/ in it)')
+    if not Path(args.original_python).is_file():
+      raise FileNotFoundError(f'--original-python {args.original_python}: no such file (make it with '
+                              'bash tools/install_original.sh)')
   if args.json:     # replaces only an earlier report of this tool, checked before anything runs
     outputs.check_target(args.json, overwrite=True, ours=_is_report, what='a tools.bench --json report',
                          inputs=[args.reference_dir, args.stableanimator])

@@ -131,10 +131,10 @@ def original_command(case: Case, python: Path, checkout: Path, weights: Path, in
   return command
 
 
-def compare(reference_dir: Path, checkout: Path | None, python: Path, repeats: int,
+def compare(reference_dir: Path, checkout: Path, python: Path, repeats: int,
             cases: tuple[Case, ...] = CASES) -> list[dict[str, Any]]:
   """Per case: the medians over `repeats` fresh processes of sa-animate cold and warm and of the
-  original (None without a checkout), and the original's own pipeline seconds."""
+  original, and the original's own pipeline seconds."""
   found = reference.cases_in(reference_dir, 'pipeline')
   if not found:
     raise FileNotFoundError(f'no pipeline case (case.json "case": "pipeline") under {reference_dir}')
@@ -154,14 +154,11 @@ def compare(reference_dir: Path, checkout: Path | None, python: Path, repeats: i
       _measured(ours_command(case, ckpt, inputs, out, cache), f'{what}: sa-animate filling the cache')
       warm = [_measured(ours_command(case, ckpt, inputs, out, cache), f'{what}: sa-animate warm, run {i + 1}')
               for i in range(repeats)]
-      result = {'case': case.name, 'ours_cold': _median(cold), 'ours_warm': _median(warm), 'original': None}
-      if checkout is not None:
-        runs = [_measured(original_command(case, python, checkout, weights.path, inputs),
-                          f'{what}: the original, run {i + 1}') for i in range(repeats)]
-        result['original'] = _median(runs)
-        result['original']['pipeline_s'] = statistics.median(json.loads(r['last_line'])['pipeline_s'] for r in runs)
-        result['original_versions'] = json.loads(runs[0]['last_line'])['versions']
-      results.append(result)
+      runs = [_measured(original_command(case, python, checkout, weights.path, inputs),
+                        f'{what}: the original, run {i + 1}') for i in range(repeats)]
+      original = {**_median(runs), 'pipeline_s': statistics.median(json.loads(r['last_line'])['pipeline_s'] for r in runs)}
+      results.append({'case': case.name, 'ours_cold': _median(cold), 'ours_warm': _median(warm), 'original': original,
+                      'original_versions': json.loads(runs[0]['last_line'])['versions']})
   return results
 
 
@@ -199,18 +196,16 @@ def ours_unet_step(frames: int, latent_size: int, repeats: int) -> dict[str, Any
           'parameters': sum(x.size for x in jax.tree.leaves(params))}
 
 
-def compare_unet(checkout: Path | None, python: Path, frames: int, latent_size: int, repeats: int) -> dict[str, Any]:
-  """The release-width UNet's step, ours and (with a checkout) the original's, each in a fresh process."""
+def compare_unet(checkout: Path, python: Path, frames: int, latent_size: int, repeats: int) -> dict[str, Any]:
+  """The release-width UNet's step, ours and the original's, each in a fresh process."""
   what = f'release UNet, {frames} frames of {latent_size}x{latent_size} latents'
   ours = _measured([sys.executable, '-m', 'tools.bench_original', '--frames', str(frames), '--latent-size',
                     str(latent_size), '--repeats', str(repeats)], f'{what}: sa-jax')
-  result = {'ours': {**json.loads(ours['last_line']), 'rss_mib': ours['rss_mib']}, 'original': None}
-  if checkout is not None:
-    theirs = _measured([str(python), str(ROOT / 'tools' / 'original.py'), '--stableanimator', str(checkout), 'unet',
-                        '--unet-config', json.dumps(release_unet_config()), '--frames', str(frames),
-                        '--latent-size', str(latent_size), '--repeats', str(repeats)], f'{what}: the original')
-    result['original'] = {**json.loads(theirs['last_line']), 'rss_mib': theirs['rss_mib']}
-  return result
+  theirs = _measured([str(python), str(ROOT / 'tools' / 'original.py'), '--stableanimator', str(checkout), 'unet',
+                      '--unet-config', json.dumps(release_unet_config()), '--frames', str(frames),
+                      '--latent-size', str(latent_size), '--repeats', str(repeats)], f'{what}: the original')
+  return {'ours': {**json.loads(ours['last_line']), 'rss_mib': ours['rss_mib']},
+          'original': {**json.loads(theirs['last_line']), 'rss_mib': theirs['rss_mib']}}
 
 
 def main() -> None:

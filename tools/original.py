@@ -1,4 +1,4 @@
-r"""The original StableAnimator pipeline on a CPU: the baseline of `python -m tools.bench original`.
+r"""The original StableAnimator pipeline on a CPU: the baseline of `python -m tools.bench reference`.
 
 Run by the Python of `tools/install_original.sh` (torch 2.13, diffusers 0.31, transformers 4.35),
 with a checkout of Francis-Rings/StableAnimator; sa-jax never imports this file:
@@ -17,7 +17,7 @@ pipeline call and of the whole process so far. `unet` times one denoising step's
 pipeline makes them (unconditional, then conditional with pose latents; batch 1 each) with random
 weights of a given config, e.g. the release widths.
 
-On a CPU the original needs three stand-ins (/work/shared/ORIGINAL.md): `xformers.ops`
+On a CPU the original needs stand-ins (docs/benchmarks.md): `xformers.ops`
 (`memory_efficient_attention` as softmax attention), `torch.cuda.device` and `empty_cache` (no-ops),
 and an `insightface` module (imported, unused: the face embedding is the case's file).
 """

@@ -6,7 +6,6 @@ the reference computed them. Models are built from the cases the case's `weights
 """
 
 import json
-from pathlib import Path
 
 import jax
 import numpy as np

@@ -119,3 +119,16 @@ def test_the_originals_xformers_stand_in_is_softmax_attention(shape):
     logits = heads_first(q) @ heads_first(k).transpose(-1, -2) * (scale or shape[-1] ** -0.5)
     expected = heads_first(torch.softmax(logits, -1) @ heads_first(v))
     torch.testing.assert_close(original.memory_efficient_attention(q, k, v, scale=scale), expected)
+
+
+def test_the_comparison_with_the_original_is_checked_first_and_skipped_without_a_checkout(tmp_path, capsys):
+  with pytest.raises(FileNotFoundError, match=f'--stableanimator {tmp_path}: not a StableAnimator checkout'):
+    bench.main(['sampler', 'reference', '--stableanimator', str(tmp_path)])
+  (tmp_path / 'animation' / 'pipelines').mkdir(parents=True)
+  with pytest.raises(FileNotFoundError, match='--original-python .*nopython: no such file'):
+    bench.main(['reference', '--stableanimator', str(tmp_path), '--original-python', str(tmp_path / 'nopython')])
+  with pytest.raises(ValueError, match='--process-repeats must be >= 1, got 0'):
+    bench.main(['reference', '--process-repeats', '0'])
+  assert '## ' not in capsys.readouterr().out, 'nothing ran'
+  bench._original_pipeline(bench._parser().parse_args(['reference']))
+  assert 'skipped: no --stableanimator checkout given' in capsys.readouterr().out
