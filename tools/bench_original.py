@@ -16,7 +16,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -175,24 +174,13 @@ def ours_unet_step(frames: int, latent_size: int, repeats: int) -> dict[str, Any
   import jax.numpy as jnp
   from configs import svd_xt
   from sa_jax.models import random_init, unet
+  from tools import bench                     # imported here: tools.bench imports this module
   config = unet.UNetConfig.from_dict(svd_xt.get_config().unet.to_dict())
   params = jax.device_put(random_init.random_params(unet.abstract_params(config), 0))
-  rng = np.random.default_rng(0)
-  draw = lambda *shape: jnp.asarray(rng.standard_normal(shape), jnp.float32)
-  inputs = (draw(2, frames, latent_size, latent_size, config.in_channels), jnp.float32(-0.25),
-            draw(2, config.num_face_tokens + 1, config.cross_attention_dim), jnp.tile(jnp.float32([[6, 127, 0.02]]), (2, 1)),
-            draw(2, frames, latent_size, latent_size, config.block_out_channels[0]))
-  model = unet.UNet(config)
-  started = time.perf_counter()
-  step = jax.jit(lambda p, *x: model.apply({'params': p}, *x)).lower(params, *inputs).compile()
-  compile_s = time.perf_counter() - started
-  jax.block_until_ready(step(params, *inputs))                                  # warm-up
-  times = []
-  for _ in range(repeats):
-    started = time.perf_counter()
-    jax.block_until_ready(step(params, *inputs))
-    times.append(time.perf_counter() - started)
-  return {'unet_step_s': statistics.median(times), 'compile_s': compile_s,
+  inputs = bench._unet_inputs(config, 2, frames, latent_size, jnp.float32)
+  step, compile_s = bench._compile(bench._unet_call(config, jnp.float32, None), params, *inputs)
+  step_s, _ = bench._run_time(lambda: step(params, *inputs), repeats)
+  return {'unet_step_s': step_s, 'compile_s': compile_s,
           'parameters': sum(x.size for x in jax.tree.leaves(params))}
 
 
