@@ -29,7 +29,7 @@ from flax import traverse_util
 from jax.sharding import Mesh
 from PIL import Image
 
-from sa_jax import checkpoint, diffusion, errors, outputs, sharding
+from sa_jax import checkpoint, diffusion, errors, outputs, program_cache, sharding
 from sa_jax.checkpoint import CheckpointConfig
 from sa_jax.models import random_init, stable_animator
 from sa_jax.models.stable_animator import ModelConfigs
@@ -192,12 +192,27 @@ def load_request(inputs: Inputs, run: Any, embedding_dim: int) -> pipeline.Reque
       face_boxes=boxes, reference_face_box=reference_box)
 
 
-def check_params(params: Mapping[str, Any], models: ModelConfigs) -> None:
-  """Every network's parameter shapes fit its config; lists every mismatch."""
+def _parameter_avals(name: str, config: Any) -> dict[str, list]:
+  """`'path/to/kernel' -> [shape, dtype]` of a network's float32 parameters (traces its init)."""
+  abstract = nn.unbox(stable_animator.BY_NAME[name].abstract_params(config))
+  return {path: [list(x.shape), str(x.dtype)] for path, x in traverse_util.flatten_dict(abstract, sep='/').items()}
+
+
+def abstract_parameters(name: str, config: Any, folder: Path | None = None) -> dict[str, jax.ShapeDtypeStruct]:
+  """`'path/to/kernel' -> ShapeDtypeStruct` of a network's float32 parameters under `config`, in
+  the order of its init; kept in `folder` (`program_cache.stored_json`), as tracing the UNet's
+  init takes seconds."""
+  avals = program_cache.stored_json(folder, ('parameter shapes', name, config),
+                                    functools.partial(_parameter_avals, name, config))
+  return {path: jax.ShapeDtypeStruct(tuple(shape), dtype) for path, (shape, dtype) in avals.items()}
+
+
+def check_params(params: Mapping[str, Any], models: ModelConfigs, folder: Path | None = None) -> None:
+  """Every network's parameter shapes fit its config (shapes kept in `folder`: `abstract_parameters`);
+  lists every mismatch."""
   problems = []
   for name, tree in params.items():
-    want = traverse_util.flatten_dict(nn.unbox(stable_animator.BY_NAME[name].abstract_params(
-        getattr(models, name))), sep='/')
+    want = abstract_parameters(name, getattr(models, name), folder)
     have = traverse_util.flatten_dict(tree, sep='/')
     for path in sorted(set(want) | set(have)):
       shape_w = tuple(want[path].shape) if path in want else None
@@ -217,12 +232,14 @@ def tiny_config() -> CheckpointConfig:
                           scheduler=diffusion.ScheduleConfig(), source='tiny config, random weights')
 
 
-def tiny_model() -> tuple[dict[str, Any], CheckpointConfig]:
-  """The tiny config with seeded random weights (not a trained model)."""
+def tiny_model(folder: Path | None = None) -> tuple[dict[str, Any], CheckpointConfig]:
+  """The tiny config with seeded random weights (not a trained model); its parameter shapes kept
+  in `folder` (`abstract_parameters`)."""
   config = tiny_config()
   models = config.models
-  params = {name: random_init.random_params(stable_animator.BY_NAME[name].abstract_params(getattr(models, name)),
-                                            TINY_SEED + i) for i, name in enumerate(models.names)}
+  params = {name: random_init.random_params(
+      traverse_util.unflatten_dict(abstract_parameters(name, getattr(models, name), folder), sep='/'),
+      TINY_SEED + i) for i, name in enumerate(models.names)}
   return params, config
 
 
@@ -235,23 +252,24 @@ def _dtype(name: str) -> Any:
 @functools.lru_cache(maxsize=8)
 def make_animator(config: CheckpointConfig, sampler_config: sampler.SamplerConfig,
                   conditioning: pipeline.ConditioningConfig, dtype: str, query_chunk_size: int | None,
-                  mesh: Mesh | None, rules: tuple[tuple[str, Any], ...], step_progress: bool
+                  mesh: Mesh | None, rules: tuple[tuple[str, Any], ...], program_folder: Path | None
                   ) -> pipeline.Animator:
   """The animator of these settings, built once per process (its programs compile once per shape)."""
   return pipeline.Animator(config, sampler_config, conditioning, _dtype(dtype), query_chunk_size, mesh, rules,
-                           step_progress=step_progress)
+                           step_progress=program_folder is None, program_folder=program_folder)
 
 
 def animator_for(config: CheckpointConfig, run: Any, num_frames: int, mesh: Mesh | None = None) -> pipeline.Animator:
   """The (cached) animator of a run config for clips of `num_frames` frames.
 
-  Progress is reported per step from inside the sampler unless the persistent compilation cache
-  is on (JAX does not store programs with host callbacks); then once per batch.
+  With `run.io.compile_cache` its programs are kept in `program_folder(run)` and progress is
+  reported once per batch (a stored program cannot call back into Python); without it they are
+  traced in each process and report each step.
   """
   sampler_config = sampler.SamplerConfig.from_config(run, config.scheduler, num_frames)
   return make_animator(config, sampler_config, pipeline.ConditioningConfig.from_config(run), run.sampler.dtype,
                        run.sampler.query_chunk_size, mesh, sharding.rules_from_config(run.mesh.rules),
-                       step_progress=not run.io.compile_cache)
+                       program_folder(run))
 
 
 def make_mesh(run: Any) -> Mesh | None:
@@ -261,13 +279,24 @@ def make_mesh(run: Any) -> Mesh | None:
   return sharding.make_mesh(sharding.parse_mesh_shape(run.mesh.shape))
 
 
+def compile_cache_folder(folder: str = '') -> Path:
+  """The compilation cache's folder: `folder`, '' taking $XDG_CACHE_HOME/sa-jax/jax."""
+  return Path(folder or Path(os.environ.get('XDG_CACHE_HOME', Path.home() / '.cache')) / 'sa-jax' / 'jax'
+              ).expanduser()
+
+
+def program_folder(run: Any) -> Path | None:
+  """Where a run keeps its traced programs and parameter shapes (`program_cache`): `programs/` in
+  the compilation cache's folder; None without `run.io.compile_cache`."""
+  return compile_cache_folder(run.io.compile_cache_dir) / 'programs' if run.io.compile_cache else None
+
+
 def enable_compile_cache(enabled: bool, folder: str = '') -> Path | None:
-  """Turns on JAX's persistent compilation cache in `folder` ('': $XDG_CACHE_HOME/sa-jax/jax);
-  returns the folder, None when not `enabled`."""
+  """Turns on JAX's persistent compilation cache in `compile_cache_folder(folder)`; returns the
+  folder, None when not `enabled`."""
   if not enabled:
     return None
-  folder = Path(folder or Path(os.environ.get('XDG_CACHE_HOME', Path.home() / '.cache'))
-                / 'sa-jax' / 'jax').expanduser()
+  folder = compile_cache_folder(folder)
   folder.mkdir(parents=True, exist_ok=True)
   jax.config.update('jax_compilation_cache_dir', str(folder))
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
@@ -321,7 +350,7 @@ def check_checkpoint(checkpoint_dir: str | os.PathLike | None, run: Any) -> Chec
 
 def check_model(params: Mapping[str, Any], config: CheckpointConfig, run: Any) -> None:
   """The parameters fit the config and hold what the run needs."""
-  check_params(params, config.models)
+  check_params(params, config.models, program_folder(run))
   if run.hjb.enabled and 'face_embedder' not in params:
     raise ValueError('the HJB face correction needs the face embedder: convert the release with '
                      'sa-convert --face-embedder glintr100_torch.pth')
@@ -513,7 +542,7 @@ def load_model_for(checkpoint_dir: str | os.PathLike | None, run: Any, mesh: Mes
   with a mesh, straight into their shardings; the demo (the tiny model) without `checkpoint_dir`."""
   names = pipeline.NEEDS + (('face_embedder',) if run.hjb.enabled else ())
   if checkpoint_dir is None:
-    params, config = tiny_model()
+    params, config = tiny_model(program_folder(run))
     return {n: params[n] for n in names}, config
   config = check_checkpoint(checkpoint_dir, run)
   shardings = None

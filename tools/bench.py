@@ -520,7 +520,8 @@ def _original_pipeline(args: argparse.Namespace) -> None:
   _table(f'reference: end to end, fresh processes (median of {args.process_repeats}), golden tiny pipeline weights',
          ('run', 'wall s', 'peak RSS MiB', 'wall ours/original', 'RSS ours/original'), rows,
          [f'the original: {", ".join(f"{k} {v}" for k, v in versions.items())}',
-          'cold: no compilation cache, every program compiled; warm: a cache filled by one run before'])
+          'cold: an empty compilation cache (every program traced, compiled and stored); warm: the cache '
+          'of the last cold run'])
   step = bench_original.compare_unet(checkout, Path(args.original_python), args.release_unet_frames,
                                      args.release_unet_size, args.process_repeats)
   REPORT['release_unet_step'] = step

@@ -12,6 +12,7 @@ latents, `T` frames of initial noise (one tile).
 import contextlib
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -20,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from sa_jax import diffusion, sharding
+from sa_jax import diffusion, program_cache, sharding
 from sa_jax.checkpoint import CheckpointConfig
 from sa_jax.models import stable_animator, vae
 from sa_jax.models.stable_animator import ModelConfigs
@@ -76,6 +77,10 @@ class Request(NamedTuple):
   @property
   def batch_size(self) -> int:
     return self.poses.shape[0]
+
+
+# Programs taking it can be stored (program_cache).
+jax.export.register_namedtuple_serialization(Request, serialized_name=f'{__name__}.Request')
 
 
 class Outputs(NamedTuple):
@@ -134,20 +139,26 @@ class Animator:
     mesh: devices to run on; None runs on the default device.
     rules: logical-axis rules mapping parameter and activation names onto `mesh`.
     trace: also return the per-step trajectory (parity checks, debugging).
-    step_progress: report each step from inside the sampler program (`run(progress=)`). JAX's
-      persistent compilation cache does not store programs with host callbacks, so leave it off
-      where a second process should start without compiling the sampler.
+    step_progress: report each step from inside the sampler program (`run(progress=)`). A program
+      that calls back into Python can be neither stored nor found in JAX's persistent compilation
+      cache: leave it off where a second process should start without compiling the sampler.
+    program_folder: where the traced programs are kept (`program_cache`), so a later process
+      with the same settings and shapes loads them instead of tracing; None: traced in each
+      process. Needs `step_progress` off.
   """
 
   def __init__(self, config: CheckpointConfig, sampler_config: sampler.SamplerConfig,
                conditioning: ConditioningConfig, dtype: Dtype = jnp.float32,
                query_chunk_size: int | None = None, mesh: Mesh | None = None,
                rules: Sequence[tuple[str, Any]] = sharding.LOGICAL_RULES, trace: bool = False,
-               step_progress: bool = True):
+               step_progress: bool = True, program_folder: Path | None = None):
     hjb = sampler_config.hjb is not None
     if hjb and config.models.face_embedder is None:
       raise ValueError('the HJB face correction needs the face embedder: convert the release with '
                        'sa-convert --face-embedder glintr100_torch.pth')
+    if step_progress and program_folder is not None:
+      raise ValueError('a sampler reporting each step calls back into Python and cannot be stored: give '
+                       'step_progress=False with program_folder')
     self.config = config
     self.sampler_config = sampler_config
     self.mesh = mesh
@@ -164,6 +175,11 @@ class Animator:
                                                    hjb, dtype)
     self._decode_fn = lambda p, z: decode_video(p, models.vae, z, sampler_config.decode_chunk_size, dtype)
     self._programs: dict[tuple[int, ...], tuple[Callable, Callable, Callable]] = {}
+    self.program_folder = program_folder
+    # Everything the three programs' tracing depends on besides their arguments (program_cache).
+    self._description = (dataclasses.replace(config, source=None), sampler_config, conditioning, dtype,
+                         query_chunk_size, None if mesh is None else (mesh.axis_names, mesh.device_ids.tolist()),
+                         self.rules, trace)
 
   @property
   def needs(self) -> tuple[str, ...]:
@@ -184,21 +200,23 @@ class Animator:
     """The jitted (prepare, denoise, decode) for latents of `latent_shape` `[B, F, h, w, 4]`."""
     if latent_shape in self._programs:
       return self._programs[latent_shape]
+    jit = lambda name, fn, **kwargs: program_cache.jit(fn, (name,) + self._description, self.program_folder,
+                                                       **kwargs)
     if self.mesh is None:
-      programs = (jax.jit(self._prepare_fn), jax.jit(self._denoise_fn, donate_argnums=1),
-                  jax.jit(self._decode_fn))
+      programs = (jit('prepare', self._prepare_fn), jit('denoise', self._denoise_fn, donate_argnums=1),
+                  jit('decode', self._decode_fn))
     else:
       shard = lambda ndim: self._batch_sharding(latent_shape[0], ndim)
       params = self.param_shardings()
       inputs = sampler.SamplerInputs(*(shard(ndim) for ndim in (3, 4, 2, 5, 3, 2)))
       latents = pixels = shard(5)
       programs = (
-          jax.jit(self._prepare_fn, in_shardings=(params, jax.tree.map(lambda x: shard(x.ndim), request),
-                                                  shard(1), None),
-                  out_shardings=(inputs, latents)),
-          jax.jit(self._denoise_fn, donate_argnums=1, out_shardings=(latents, None),
-                  in_shardings=({n: params[n] for n in self.networks}, latents, inputs)),
-          jax.jit(self._decode_fn, in_shardings=(params['vae'], latents), out_shardings=(pixels, pixels)))
+          jit('prepare', self._prepare_fn, in_shardings=(params, jax.tree.map(lambda x: shard(x.ndim), request),
+                                                         shard(1), None),
+              out_shardings=(inputs, latents)),
+          jit('denoise', self._denoise_fn, donate_argnums=1, out_shardings=(latents, None),
+              in_shardings=({n: params[n] for n in self.networks}, latents, inputs)),
+          jit('decode', self._decode_fn, in_shardings=(params['vae'], latents), out_shardings=(pixels, pixels)))
     self._programs[latent_shape] = programs
     return programs
 

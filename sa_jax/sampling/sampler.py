@@ -107,6 +107,11 @@ class Trajectory(NamedTuple):
   latents: jax.Array
 
 
+# Programs taking or returning these can be stored (program_cache).
+jax.export.register_namedtuple_serialization(SamplerInputs, serialized_name=f'{__name__}.SamplerInputs')
+jax.export.register_namedtuple_serialization(Trajectory, serialized_name=f'{__name__}.Trajectory')
+
+
 def guidance_ramp(config: SamplerConfig, num_frames: int) -> np.ndarray:
   """Per-frame guidance scales `linspace(min, max, N)`, float32."""
   return np.linspace(config.min_guidance, config.max_guidance, num_frames).astype(np.float32)

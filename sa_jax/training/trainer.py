@@ -311,13 +311,15 @@ def trained_params(state: dict[str, Any], config: step_lib.StepConfig, ema: bool
 
 def validation_run(config: Any) -> Any:
   """`sa-animate` settings of the validation video: the training size and frame count, one tile of
-  all frames, `validation.num_steps` steps at guidance `validation.guidance` (SPEC §5)."""
+  all frames, `validation.num_steps` steps at guidance `validation.guidance` (SPEC §5), its programs
+  kept with the training's compilation cache."""
   from configs import animate as animate_configs
   run = animate_configs.get_config()
   run.sampler.update(num_steps=config.validation.num_steps, guidance=config.validation.guidance,
                      tile_size=config.data.num_frames, dtype=config.dtype)
   run.io.update(width=config.data.width, height=config.data.height, num_frames=config.data.num_frames,
-                seed=config.seed % 2**32, compile_cache=True)
+                seed=config.seed % 2**32, compile_cache=config.compile_cache,
+                compile_cache_dir=config.compile_cache_dir)
   return run
 
 

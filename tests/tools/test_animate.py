@@ -4,6 +4,7 @@ import json
 import shutil
 
 import imageio_ffmpeg
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -11,6 +12,7 @@ from PIL import Image
 from configs import animate as animate_config
 from sa_jax import animate, diffusion
 from sa_jax.checkpoint import CheckpointConfig
+from sa_jax.models import stable_animator
 from sa_jax.sampling import sampler
 from tools import animate as animate_tool
 
@@ -37,6 +39,25 @@ def test_demo_animates_the_bundled_sample(tmp_path, caplog):
   _check_outputs(out, FRAMES, Image.open(SAMPLE / 'reference.png').size)
   with pytest.raises(SystemExit, match='sa-animate: error: outputs exist: .*--overwrite'):
     animate_tool.main(['--out', str(out), '--steps', '2'])
+
+
+def test_a_later_run_loads_its_programs_instead_of_tracing(tmp_path, monkeypatch):
+  """The demo's settings again (stored by the demo test, or here by the first run): a new animator,
+  as in a new process, loads the three programs and the parameter shapes from the compilation
+  cache's folder, traces nothing and writes the same frames."""
+  argv = ['--steps', '2', '--overwrite']
+  animate_tool.main(['--out', str(tmp_path / 'first.mp4'), *argv])
+  programs = animate.compile_cache_folder() / 'programs'
+  assert len(list(programs.glob('*.jaxexport'))) >= 3 and list(programs.glob('*.json'))
+  animate.make_animator.cache_clear()
+  stable_animator._abstract_params.cache_clear()
+  fail = lambda *args, **kwargs: pytest.fail('traced')
+  monkeypatch.setattr(jax.export, 'export', fail)
+  monkeypatch.setattr(stable_animator, '_abstract_params', fail)
+  animate_tool.main(['--out', str(tmp_path / 'again.mp4'), *argv])
+  first, again = (sorted((tmp_path / f'{name}_frames').glob('*.png')) for name in ('first', 'again'))
+  assert len(first) == FRAMES and [np.asarray(Image.open(p)).tolist() for p in first] == [
+      np.asarray(Image.open(p)).tolist() for p in again]
 
 
 def test_non_finite_output_is_an_error_not_a_black_video(tmp_path, caplog):
@@ -253,9 +274,9 @@ def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
 
 @pytest.mark.heavy
 def test_mesh_run_matches_one_device(micro_checkpoint, tmp_path):
-  """sa-animate --mesh data=2,fsdp=4 (8 simulated devices) loads the checkpoint into its shardings
-  and gives the frames of a one-device run (the micro model's checkpoint: loading and sharding do
-  not depend on the model's size)."""
+  """sa-animate --mesh data=2,fsdp=4 (8 simulated devices) loads the checkpoint into its shardings,
+  stores its sharded programs and gives the frames of a one-device run (the micro model's
+  checkpoint: loading and sharding do not depend on the model's size)."""
   width, height = Image.open(SAMPLE / 'reference.png').size
   # The settings of the batched test's one-video runs (4 frames, decode chunks of 3 and 1): in one
   # session the one-device run reuses their programs.
@@ -267,7 +288,11 @@ def test_mesh_run_matches_one_device(micro_checkpoint, tmp_path):
     animate_tool.main(common + ['--out', str(tmp_path / 'never')])
   common = common[:3] + [str(SAMPLE)] + common[5:]
   animate_tool.main(common + ['--out', str(tmp_path / 'one.mp4')])
-  animate_tool.main(common + ['--out', str(tmp_path / 'mesh.mp4'), '--mesh', 'data=2,fsdp=4'])
+  # Its sharded programs are stored (program_cache), as sa-animate does by default.
+  stored = lambda: set((animate.compile_cache_folder() / 'programs').glob('*.jaxexport'))
+  before = stored()
+  animate_tool.main(common[:-1] + ['--out', str(tmp_path / 'mesh.mp4'), '--mesh', 'data=2,fsdp=4'])
+  assert len(stored() - before) == 3
   assert [len(list((tmp_path / f'{n}_frames').glob('frame_*.png'))) for n in ('one', 'mesh')] == [frames, frames]
   for i in range(frames):
     one, mesh = (np.asarray(Image.open(tmp_path / f'{n}_frames' / f'frame_{i}.png'), np.int16)
