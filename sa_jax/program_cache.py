@@ -69,14 +69,18 @@ def signature(args: Sequence[Any]) -> str:
 
 
 def _write(path: Path, data: bytes) -> None:
-  """`data` into `path`, complete or not at all (`outputs`: staged, renamed into place)."""
-  path.parent.mkdir(parents=True, exist_ok=True)
-  staging = outputs.staging_path(path)
+  """`data` into `path`, complete or not at all (`outputs`: staged, renamed into place); a folder
+  that cannot take it costs the next process the work, not this one its run (a warning)."""
   try:
-    staging.write_bytes(data)
-    outputs.replace(staging, path)
-  finally:
-    staging.unlink(missing_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = outputs.staging_path(path)
+    try:
+      staging.write_bytes(data)
+      outputs.replace(staging, path)
+    finally:
+      staging.unlink(missing_ok=True)
+  except OSError as err:
+    logger.warning('cannot keep %s (%s); a later run will trace it again', path, err)
 
 
 def _read_checked(path: Path) -> bytes:

@@ -76,6 +76,16 @@ def test_an_unreadable_program_is_traced_again_and_replaced(tmp_path, caplog):
   assert [p.name for p in tmp_path.iterdir()] == [path.name], 'no staging file left'
 
 
+def test_a_folder_that_cannot_be_written_only_warns(tmp_path, caplog):
+  blocked = tmp_path / 'file'
+  blocked.write_text('not a folder')
+  with caplog.at_level(logging.WARNING):
+    got = program_cache.jit(_traced_fn([]), 'fn', blocked / 'programs')(*_args())
+    shapes = program_cache.stored_json(blocked / 'programs', 'shapes', lambda: [1, 2])
+  np.testing.assert_array_equal(got[0]['y'], [1, 3, 5])
+  assert shapes == [1, 2] and caplog.text.count('a later run will trace it again') == 2
+
+
 def test_without_a_folder_it_is_jax_jit(tmp_path):
   traces = []
   fn = program_cache.jit(_traced_fn(traces), 'fn', None)
