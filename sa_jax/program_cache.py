@@ -2,7 +2,7 @@
 
 JAX's persistent compilation cache saves XLA's compile but not the tracing and lowering that
 compute its key; for a small run those cost more than the compile (a warm `sa-animate` traced
-for 15 s, docs/benchmarks.md). `jit` stores each program it traces under a key of everything the
+for 15 s, docs/performance.md). `jit` stores each program it traces under a key of everything the
 tracing depends on: the caller's description of the function (its configs), the arguments' tree,
 shapes and dtypes, a digest of sa_jax's sources, JAX's version and configuration, and the
 devices. A later process with the same key deserializes the program (a flatbuffer, never a

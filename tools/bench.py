@@ -13,7 +13,7 @@ r"""`python -m tools.bench`: timing and memory benchmarks, each against a baseli
 
 Every table gives wall times as the median of `--repeats` runs after one warm-up run, the compile
 time (trace + lower + XLA compile) apart, and a ratio to the table's baseline row measured in the
-same process; absolute times depend on the machine, only the ratios travel. docs/benchmarks.md
+same process; absolute times depend on the machine, only the ratios travel. docs/performance.md
 describes each benchmark and the numbers measured on the development machine.
 """
 
@@ -503,7 +503,7 @@ def bench_reference(args: argparse.Namespace) -> None:
 def _original_pipeline(args: argparse.Namespace) -> None:
   if not args.stableanimator:
     _table('reference: against the original StableAnimator', ('status',),
-           [('skipped: no --stableanimator checkout given (docs/benchmarks.md)',)])
+           [('skipped: no --stableanimator checkout given (docs/performance.md)',)])
     return
   checkout = Path(args.stableanimator)
   results = bench_original.compare(Path(args.reference_dir), checkout, Path(args.original_python), args.process_repeats)

@@ -17,7 +17,7 @@ pipeline call and of the whole process so far. `unet` times one denoising step's
 pipeline makes them (unconditional, then conditional with pose latents; batch 1 each) with random
 weights of a given config, e.g. the release widths.
 
-On a CPU the original needs stand-ins (docs/benchmarks.md): `xformers.ops`
+On a CPU the original needs stand-ins (docs/performance.md): `xformers.ops`
 (`memory_efficient_attention` as softmax attention), `torch.cuda.device` and `empty_cache` (no-ops),
 and an `insightface` module (imported, unused: the face embedding is the case's file).
 """

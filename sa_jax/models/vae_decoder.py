@@ -21,7 +21,7 @@ once the backward pass reaches it (`sa_jax.nn.remat.remat_call`). XLA:CPU's esti
 gradient of one 4-frame decode at 576x1024, bfloat16: 79.2 GB with `nn.remat` per block (the
 recomputations of many blocks ran before their backward passes), 20.1 GB with `remat_call` per
 spatio-temporal resnet, 17.4 GB per spatial and temporal resnet (the peak: the backward pass of
-the first full-resolution spatial resnet, 256 -> 128 channels; docs/benchmarks.md).
+the first full-resolution spatial resnet, 256 -> 128 channels; docs/performance.md).
 """
 
 from typing import Any

@@ -11,7 +11,7 @@ spatio-temporal resnet.
 `remat_call` recomputes the module inside a custom VJP whose backward pass first makes the saved
 inputs and the parameters depend on the output cotangent, so a block is recomputed only once the
 backward pass has reached it, and one block's activations are alive at a time: 20.1 GB per
-spatio-temporal resnet, 17.4 GB per spatial and temporal resnet (docs/benchmarks.md).
+spatio-temporal resnet, 17.4 GB per spatial and temporal resnet (docs/performance.md).
 
 The parameters are tied to the data in the forward pass too (to the block's inputs): what is made
 of them (their compute-dtype casts, XLA:CPU's float32 copies of bfloat16 operands, their

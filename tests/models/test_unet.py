@@ -81,6 +81,6 @@ def test_remat_and_query_chunks_change_nothing(small):
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * scale)  # float32 reassociation
   # Remat adds one forward pass (less than half of the gradient's program) and one addition per
   # tied array (sa_jax/nn/remat.py): under twice the plain program. Measured 1.7x; 4x when the
-  # tie's scalar went into every fusion that reads a tied array (docs/benchmarks.md).
+  # tie's scalar went into every fusion that reads a tied array (docs/performance.md).
   count = lambda step: len(re.findall(r'^\s*(?:ROOT )?%?\S+ = ', step.as_text(), re.M))
   assert count(remat_step) < 2 * count(plain_step), (count(remat_step), count(plain_step))
