@@ -4,10 +4,10 @@ JAX's persistent compilation cache saves XLA's compile but not the tracing and l
 compute its key; for a small run those cost more than the compile (a warm `sa-animate` traced
 for 15 s, docs/performance.md). `jit` stores each program it traces under a key of everything the
 tracing depends on: the caller's description of the function (its configs), the arguments' tree,
-shapes and dtypes, a digest of sa_jax's sources, JAX's version and configuration, and the
-devices. A later process with the same key deserializes the program (a flatbuffer, never a
-pickle) and calls it through `jax.jit`, whose lowering is then the same each time, so its compile
-hits JAX's cache.
+shapes and dtypes, a digest of sa_jax's sources, the versions of JAX, Flax, Optax and NumPy,
+JAX's configuration, and the devices. A later process with the same key deserializes the program
+(a flatbuffer, never a pickle) and calls it through `jax.jit`, whose lowering is then the same
+each time, so its compile hits JAX's cache.
 
 `stored_json` keeps small derived facts (a network's parameter shapes) the same way.
 
@@ -24,9 +24,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import flax
 import jax
 import jaxlib
 import numpy as np
+import optax
 
 from sa_jax import outputs
 
@@ -50,14 +52,15 @@ def sources_digest() -> str:
 def _environment() -> str:
   """What tracing depends on besides the function and its arguments."""
   device = jax.devices()[0]
-  return json.dumps([FORMAT, jax.__version__, jaxlib.__version__, device.platform, device.device_kind,
-                     jax.device_count(), jax.process_count(), bool(jax.config.jax_enable_x64),
+  return json.dumps([FORMAT, jax.__version__, jaxlib.__version__, flax.__version__, optax.__version__,
+                     np.__version__, device.platform, device.device_kind, jax.device_count(),
+                     jax.process_count(), bool(jax.config.jax_enable_x64),
                      str(jax.config.jax_default_matmul_precision), jax.config.jax_numpy_dtype_promotion,
                      sources_digest()])
 
 
 def key(*parts: Any) -> str:
-  """sha256 of `parts` (their `repr`s) and the environment: sa_jax's sources, JAX, the devices."""
+  """sha256 of `parts` (their `repr`s) and the environment: sa_jax's sources, the libraries, the devices."""
   return hashlib.sha256(repr((_environment(),) + parts).encode()).hexdigest()
 
 
