@@ -96,7 +96,16 @@ def _read_checked(path: Path) -> bytes:
   return payload
 
 
-def jit(fn: Callable, description: Any, folder: Path | None, **jit_kwargs: Any) -> Callable:
+def _named(fn: Callable, name: str) -> Callable:
+  """`fn` under `name`, the name `jax.jit` gives its program (in compile logs and profiles)."""
+  def program(*args):
+    return fn(*args)
+  program.__name__ = program.__qualname__ = name
+  return program
+
+
+def jit(fn: Callable, description: Any, folder: Path | None, *, name: str | None = None,
+        **jit_kwargs: Any) -> Callable:
   """`jax.jit(fn, **jit_kwargs)` whose traced programs are kept in `folder` (None: plain `jax.jit`).
 
   Args:
@@ -105,8 +114,10 @@ def jit(fn: Callable, description: Any, folder: Path | None, **jit_kwargs: Any) 
     description: what `fn` computes besides its arguments (configs, flags): part of the key, so
       it must name everything the trace depends on; `repr` is taken.
     folder: where programs are kept.
+    name: the program's name (`jit_<name>` in JAX's logs; default `fn`'s), also part of the key.
     **jit_kwargs: `donate_argnums`, `in_shardings`, `out_shardings` (applied to the loaded program).
   """
+  fn = _named(fn, name or fn.__name__)
   if folder is None:
     return jax.jit(fn, **jit_kwargs)
   folder = Path(folder)
@@ -115,8 +126,9 @@ def jit(fn: Callable, description: Any, folder: Path | None, **jit_kwargs: Any) 
   def call(*args):
     shapes = signature(args)
     if shapes not in programs:
-      programs[shapes] = jax.jit(_load_or_export(fn, args, folder / f'{key(description, shapes)}{PROGRAM_SUFFIX}',
-                                                 jit_kwargs).call, **jit_kwargs)
+      path = folder / f'{key(fn.__name__, description, shapes)}{PROGRAM_SUFFIX}'
+      programs[shapes] = jax.jit(_named(_load_or_export(fn, args, path, jit_kwargs).call, fn.__name__),
+                                 **jit_kwargs)
     return programs[shapes](*args)
 
   return call

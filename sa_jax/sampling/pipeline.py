@@ -200,7 +200,7 @@ class Animator:
     """The jitted (prepare, denoise, decode) for latents of `latent_shape` `[B, F, h, w, 4]`."""
     if latent_shape in self._programs:
       return self._programs[latent_shape]
-    jit = lambda name, fn, **kwargs: program_cache.jit(fn, (name,) + self._description, self.program_folder,
+    jit = lambda name, fn, **kwargs: program_cache.jit(fn, self._description, self.program_folder, name=name,
                                                        **kwargs)
     if self.mesh is None:
       programs = (jit('prepare', self._prepare_fn), jit('denoise', self._denoise_fn, donate_argnums=1),

@@ -35,7 +35,7 @@ import tools
 from tools import animate as animate_tool
 
 ROOT = Path(__file__).resolve().parents[2]
-ENV = {**os.environ, 'JAX_LOG_COMPILES': '1', 'JAX_EXPLAIN_CACHE_MISSES': '1'}
+LOG_COMPILES = {'JAX_LOG_COMPILES': '1', 'JAX_EXPLAIN_CACHE_MISSES': '1'}
 POINT_TIMEOUT_S = 600      # generous for a loaded 2-core machine; a missed point fails, it never hangs
 
 pytestmark = pytest.mark.heavy
@@ -45,8 +45,10 @@ class Run:
   """A tool started in a subprocess, its stderr collected as it arrives (progress bars too)."""
 
   def __init__(self, *args: str):
+    # os.environ as the test sees it, not as it was at import: $XDG_CACHE_HOME is the session's
+    # (tests/conftest.py), whose compilation cache the module's first animation filled.
     self.process = subprocess.Popen([sys.executable, '-m', *args], stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.PIPE, cwd=ROOT, env=ENV)
+                                    stderr=subprocess.PIPE, cwd=ROOT, env={**os.environ, **LOG_COMPILES})
     self.chunks: list[str] = []
     self.reader = threading.Thread(target=self._read, daemon=True)
     self.reader.start()
