@@ -522,19 +522,25 @@ def _original_pipeline(args: argparse.Namespace) -> None:
          [f'the original: {", ".join(f"{k} {v}" for k, v in versions.items())}',
           'cold: an empty compilation cache (every program traced, compiled and stored); warm: the cache '
           'of the last cold run'])
-  step = bench_original.compare_unet(checkout, Path(args.original_python), args.release_unet_frames,
-                                     args.release_unet_size, args.process_repeats)
-  REPORT['release_unet_step'] = step
-  ours, theirs = step['ours'], step['original']
-  _table(f'reference: one denoising step of the release UNet ({ours["parameters"] / 1e9:.2f} B parameters, random '
-         f'weights), {args.release_unet_frames} frames of {args.release_unet_size}x{args.release_unet_size} latents, '
-         f'cond + uncond, float32, fresh processes',
-         ('side', 'compile s', f'step s (median of {args.process_repeats})', 'peak RSS MiB', 'step ours/original',
-          'RSS ours/original'),
-         [('the original: two batch-1 calls, uncond without pose latents (baseline)', 'n/a', theirs['unet_step_s'],
-           theirs['rss_mib'], '1.000', '1.000'),
-          ('sa-jax: one batch-2 call', ours['compile_s'], ours['unet_step_s'], ours['rss_mib'],
-           _ratio(ours['unet_step_s'], theirs['unet_step_s']), _ratio(ours['rss_mib'], theirs['rss_mib']))])
+  frames, size = args.release_frames, args.release_latent_size
+  components = bench_original.compare_components(checkout, Path(args.original_python), frames, size,
+                                                 args.process_repeats)
+  REPORT['release_components'] = components
+  work = {'unet': f'one denoising step of the UNet, {frames} frames of {size}x{size} latents, cond + uncond '
+                  '(the original: two batch-1 calls, uncond without pose latents; ours: one batch-2 call)',
+          'vae_decode': f'one VAE decoder call, a chunk of {frames} frames of {size}x{size} latents',
+          'iresnet': f'IResNet forward and backward to its input, {frames} faces (the HJB inner step)'}
+  rows = []
+  for task, result in components.items():
+    ours, theirs = result['ours'], result['original']
+    rows.append((f'{work[task]}; {ours["parameters"] / 1e6:,.1f} M parameters', theirs['run_s'], ours['run_s'],
+                 _ratio(ours['run_s'], theirs['run_s']), ours['compile_s'], theirs['rss_mib'], ours['rss_mib'],
+                 _ratio(ours['rss_mib'], theirs['rss_mib']), ours['temp_mib']))
+  _table('reference: the release networks (random weights), float32, each side in a fresh process',
+         ('work', f'original s (median of {args.process_repeats})', 'sa-jax s', 'ours/original', 'sa-jax compile s',
+          'original peak RSS MiB', 'sa-jax peak RSS MiB', 'RSS ours/original', 'sa-jax XLA temp MiB'), rows,
+         ['run seconds after a warm-up call, compile apart; peak RSS of each whole process (weights, inputs, '
+          'warm-up); XLA temp: compiled.memory_analysis() of our program (an estimate, without its arguments)'])
 
 
 def bench_batch(args: argparse.Namespace) -> None:
@@ -636,8 +642,9 @@ def _parser() -> argparse.ArgumentParser:
                  'pipeline as the baseline end to end; none: that comparison is skipped)')
   p.add_argument('--original-python', default=str(bench_original.DEFAULT_PYTHON),
                  help='reference: the Python that runs the original (bash tools/install_original.sh)')
-  p.add_argument('--release-unet-frames', type=int, default=4, help='reference: frames of the release UNet step')
-  p.add_argument('--release-unet-size', type=int, default=32, help='reference: its latent height = width')
+  p.add_argument('--release-frames', type=int, default=4,
+                 help='reference: frames of the release UNet step and VAE decode chunk, faces of the IResNet step')
+  p.add_argument('--release-latent-size', type=int, default=32, help='reference: their latent height = width')
   p.add_argument('--process-repeats', type=int, default=3, help='reference: fresh processes per end-to-end variant')
   p.add_argument('--json', help='also write every table to this JSON file')
   p.add_argument('--reference-dir', default=os.environ.get('SA_REFERENCE_DIR', str(REFERENCE_DIR)),

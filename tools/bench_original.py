@@ -160,50 +160,89 @@ def compare(reference_dir: Path, checkout: Path, python: Path, repeats: int,
   return results
 
 
-def release_unet_config() -> dict[str, Any]:
-  """The release UNet's constructor arguments for diffusers (configs/svd_xt.py without our own keys)."""
+COMPONENTS = ('unet', 'vae_decode', 'iresnet')
+
+
+def release_configs() -> dict[str, dict[str, Any]]:
+  """Constructor arguments of the original's UNet, VAE and IResNet at the release sizes
+  (configs/svd_xt.py without our own keys)."""
   from configs import svd_xt
-  return {k: v for k, v in svd_xt.get_config().unet.to_dict().items() if k != 'num_face_tokens'}
+  release = svd_xt.get_config().to_dict()
+  return {'unet': {k: v for k, v in release['unet'].items() if k != 'num_face_tokens'},
+          'vae_decode': release['vae'],
+          'iresnet': {k: release['face_embedder'][k] for k in ('layers', 'num_features')}}
 
 
-def ours_unet_step(frames: int, latent_size: int, repeats: int) -> dict[str, Any]:
-  """One denoising step's UNet work as sa-animate does it, both guidance branches in one batch-2
-  call, at the release widths with random weights: compile seconds, median step seconds."""
+def ours_component(task: str, frames: int, latent_size: int, repeats: int) -> dict[str, Any]:
+  """One release-size component as sa-animate runs it, random weights: `unet` one denoising step's
+  UNet work (both guidance branches in one batch-2 call, `frames` frames of `latent_size` latents),
+  `vae_decode` one decoder call on `frames` latents, `iresnet` the HJB inner step's embedder work on
+  `frames` faces (forward and backward to the faces). Compile seconds, median run seconds, XLA's
+  memory analysis of the compiled program (MiB) and the parameter count."""
   import jax
   import jax.numpy as jnp
   from configs import svd_xt
-  from sa_jax.models import random_init, unet
+  from sa_jax.models import iresnet, random_init, unet, vae
   from tools import bench                     # imported here: tools.bench imports this module
-  config = unet.UNetConfig.from_dict(svd_xt.get_config().unet.to_dict())
-  params = jax.device_put(random_init.random_params(unet.abstract_params(config), 0))
-  inputs = bench._unet_inputs(config, 2, frames, latent_size, jnp.float32)
-  step, compile_s = bench._compile(bench._unet_call(config, jnp.float32, None), params, *inputs)
-  step_s, _ = bench._run_time(lambda: step(params, *inputs), repeats)
-  return {'unet_step_s': step_s, 'compile_s': compile_s,
+  release = svd_xt.get_config()
+  draw = lambda *shape: jax.random.normal(jax.random.key(len(shape)), shape, jnp.float32)
+  if task == 'unet':
+    config = unet.UNetConfig.from_dict(release.unet.to_dict())
+    params = random_init.random_params(unet.abstract_params(config), 0)
+    fn, inputs = bench._unet_call(config, jnp.float32, None), bench._unet_inputs(config, 2, frames, latent_size,
+                                                                                  jnp.float32)
+  elif task == 'vae_decode':
+    config = vae.VAEConfig.from_dict(release.vae.to_dict())
+    params = random_init.random_params(vae.abstract_params(config), 0)
+    fn = jax.jit(lambda p, z: vae.decode_frames(p, config, z, frames))
+    inputs = (draw(frames, latent_size, latent_size, config.latent_channels),)
+  elif task == 'iresnet':
+    config = iresnet.IResNetConfig.from_dict(release.face_embedder.to_dict())
+    params = random_init.random_params(iresnet.abstract_params(config), 0)
+    model = iresnet.IResNet(config)
+    embedding = lambda p, faces, reference: jnp.sum(model.apply({'params': p}, faces) * reference)
+    fn = jax.jit(jax.grad(embedding, argnums=1))
+    inputs = (draw(frames, iresnet.INPUT_SIZE, iresnet.INPUT_SIZE, 3), draw(1, config.num_features))
+  else:
+    raise ValueError(f'unknown component {task!r}; expected one of {COMPONENTS}')
+  params = jax.device_put(params)
+  compiled, compile_s = bench._compile(fn, params, *inputs)
+  run_s, _ = bench._run_time(lambda: compiled(params, *inputs), repeats)
+  memory = compiled.memory_analysis()
+  return {'run_s': run_s, 'compile_s': compile_s, 'temp_mib': memory.temp_size_in_bytes / 2 ** 20,
           'parameters': sum(x.size for x in jax.tree.leaves(params))}
 
 
-def compare_unet(checkout: Path, python: Path, frames: int, latent_size: int, repeats: int) -> dict[str, Any]:
-  """The release-width UNet's step, ours and the original's, each in a fresh process."""
-  what = f'release UNet, {frames} frames of {latent_size}x{latent_size} latents'
-  ours = _measured([sys.executable, '-m', 'tools.bench_original', '--frames', str(frames), '--latent-size',
-                    str(latent_size), '--repeats', str(repeats)], f'{what}: sa-jax')
-  theirs = _measured([str(python), str(ROOT / 'tools' / 'original.py'), '--stableanimator', str(checkout), 'unet',
-                      '--unet-config', json.dumps(release_unet_config()), '--frames', str(frames),
-                      '--latent-size', str(latent_size), '--repeats', str(repeats)], f'{what}: the original')
-  return {'ours': {**json.loads(ours['last_line']), 'rss_mib': ours['rss_mib']},
-          'original': {**json.loads(theirs['last_line']), 'rss_mib': theirs['rss_mib']}}
+def compare_components(checkout: Path, python: Path, frames: int, latent_size: int, repeats: int
+                       ) -> dict[str, dict[str, Any]]:
+  """Each of `COMPONENTS` at the release sizes, ours and the original's, each in a fresh process."""
+  configs = release_configs()
+  results = {}
+  for task in COMPONENTS:
+    what = f'release {task}, {frames} frames' + (f' of {latent_size}x{latent_size} latents' * (task != 'iresnet'))
+    ours = _measured([sys.executable, '-m', 'tools.bench_original', task, '--frames', str(frames), '--latent-size',
+                      str(latent_size), '--repeats', str(repeats)], f'{what}: sa-jax')
+    size = ['--batch', str(frames)] if task == 'iresnet' else ['--frames', str(frames), '--latent-size',
+                                                                str(latent_size)]
+    config_flag = {'unet': '--unet-config', 'vae_decode': '--vae-config', 'iresnet': '--iresnet-config'}[task]
+    theirs = _measured([str(python), str(ROOT / 'tools' / 'original.py'), '--stableanimator', str(checkout), task,
+                        config_flag, json.dumps(configs[task]), *size, '--repeats', str(repeats)],
+                       f'{what}: the original')
+    results[task] = {'ours': {**json.loads(ours['last_line']), 'rss_mib': ours['rss_mib']},
+                     'original': {**json.loads(theirs['last_line']), 'rss_mib': theirs['rss_mib']}}
+  return results
 
 
 def main() -> None:
-  """`python -m tools.bench_original`: ours_unet_step in this fresh process, printed as one JSON line."""
+  """`python -m tools.bench_original TASK`: ours_component in this fresh process, printed as one JSON line."""
   import argparse
-  p = argparse.ArgumentParser(description=ours_unet_step.__doc__.split('\n')[0])
-  p.add_argument('--frames', type=int, required=True)
-  p.add_argument('--latent-size', type=int, required=True)
+  p = argparse.ArgumentParser(description=main.__doc__.split(':')[1].strip())
+  p.add_argument('task', choices=COMPONENTS)
+  p.add_argument('--frames', type=int, required=True, help='frames (faces for iresnet)')
+  p.add_argument('--latent-size', type=int, required=True, help='latent height = width (unet, vae_decode)')
   p.add_argument('--repeats', type=int, default=3)
   args = p.parse_args()
-  print(json.dumps(ours_unet_step(args.frames, args.latent_size, args.repeats)))
+  print(json.dumps(ours_component(args.task, args.frames, args.latent_size, args.repeats)))
 
 
 if __name__ == '__main__':

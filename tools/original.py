@@ -7,6 +7,10 @@ with a checkout of Francis-Rings/StableAnimator; sa-jax never imports this file:
       --weights tests/reference/pipeline --case bench_case/ --width 64 --height 128 --steps 4 ...
   .venv-original/bin/python tools/original.py --stableanimator StableAnimator/ unet \
       --unet-config '{"block_out_channels": [320, 640, 1280, 1280], ...}' --frames 4 --latent-size 32
+  .venv-original/bin/python tools/original.py --stableanimator StableAnimator/ vae_decode \
+      --vae-config '{"block_out_channels": [128, 256, 512, 512], ...}' --frames 4 --latent-size 32
+  .venv-original/bin/python tools/original.py --stableanimator StableAnimator/ iresnet \
+      --iresnet-config '{"layers": [3, 13, 30, 3], "num_features": 512}' --batch 4
 
 It builds the pipeline as the original's `inference_op.py` does (its attention processors, the
 release `unet.pth`, PoseNet, the face encoder, the IResNet of the HJB face loss, the scheduler with
@@ -15,7 +19,9 @@ the face model) from the weights of a reference `pipeline` case (tests/reference
 `reference_face_mask.png`, `face_embedding.npy`) and prints one JSON line: the seconds of the
 pipeline call and of the whole process so far. `unet` times one denoising step's UNet calls as the
 pipeline makes them (unconditional, then conditional with pose latents; batch 1 each) with random
-weights of a given config, e.g. the release widths.
+weights of a given config, e.g. the release widths; `vae_decode` one decoder call on a chunk of
+latents; `iresnet` the HJB inner step's embedder work (forward and backward to the faces). Each
+prints its median seconds over `--repeats` calls after a warm-up.
 
 On a CPU the original needs stand-ins (docs/performance.md): `xformers.ops`
 (`memory_efficient_attention` as softmax attention), `torch.cuda.device` and `empty_cache` (no-ops),
@@ -207,14 +213,52 @@ def run_unet(args: argparse.Namespace) -> dict[str, Any]:
            return_dict=False)
 
   with torch.no_grad():
-    step()                                                                  # warm-up
-    times = []
-    for _ in range(args.repeats):
-      started = time.perf_counter()
-      step()
-      times.append(time.perf_counter() - started)
-  return {'unet_step_s': float(np.median(times)), 'parameters': sum(p.numel() for p in unet.parameters()),
-          'versions': _versions()}
+    seconds = _timed(step, args.repeats)
+  return {'run_s': seconds, 'parameters': sum(p.numel() for p in unet.parameters()), 'versions': _versions()}
+
+
+def _timed(step, repeats: int) -> float:
+  """Median seconds of `step()` over `repeats` calls after one warm-up call."""
+  step()
+  times = []
+  for _ in range(repeats):
+    started = time.perf_counter()
+    step()
+    times.append(time.perf_counter() - started)
+  return float(np.median(times))
+
+
+def run_vae_decode(args: argparse.Namespace) -> dict[str, Any]:
+  """One decoder call on a chunk of `--frames` latents, as the pipeline decodes, random weights of
+  `--vae-config`."""
+  from animation.modules.refined_vae import RefinedAutoencoderKLTemporalDecoder
+  torch.manual_seed(0)
+  vae = RefinedAutoencoderKLTemporalDecoder(**json.loads(args.vae_config)).eval().requires_grad_(False)
+  z = torch.randn((args.frames, vae.config.latent_channels, args.latent_size, args.latent_size),
+                  generator=torch.Generator().manual_seed(1))
+  with torch.no_grad():
+    seconds = _timed(lambda: vae.decode(z, num_frames=args.frames).sample, args.repeats)
+  return {'run_s': seconds, 'parameters': sum(p.numel() for p in vae.parameters()), 'versions': _versions()}
+
+
+def run_iresnet(args: argparse.Namespace) -> dict[str, Any]:
+  """The HJB inner step's embedder work: IResNet forward and backward to its input (weights frozen,
+  eval mode) on `--batch` 112x112 faces, random weights of `--iresnet-config`."""
+  from animation.helper.backbones.iresnet import IBasicBlock, IResNet
+  config = json.loads(args.iresnet_config)
+  torch.manual_seed(0)
+  arcface = IResNet(IBasicBlock, config['layers'], num_features=config['num_features'], fp16=False)
+  arcface.eval().requires_grad_(False)
+  faces = torch.randn((args.batch, 3, 112, 112), generator=torch.Generator().manual_seed(1))
+  reference = torch.randn((1, config['num_features']), generator=torch.Generator().manual_seed(2))
+
+  def step():
+    x = faces.clone().requires_grad_(True)
+    (arcface(x) * reference).sum().backward()
+    return x.grad
+
+  seconds = _timed(step, args.repeats)
+  return {'run_s': seconds, 'parameters': sum(p.numel() for p in arcface.parameters()), 'versions': _versions()}
 
 
 def _versions() -> dict[str, Any]:
@@ -242,7 +286,15 @@ def parser() -> argparse.ArgumentParser:
   unet.add_argument('--unet-config', required=True, help='UNetSpatioTemporalConditionModel arguments, JSON')
   unet.add_argument('--frames', type=int, required=True)
   unet.add_argument('--latent-size', type=int, required=True)
-  unet.add_argument('--repeats', type=int, default=3, help='timed steps after one warm-up (median printed)')
+  vae = tasks.add_parser('vae_decode', help='one VAE decoder call on a chunk of latents, random weights')
+  vae.add_argument('--vae-config', required=True, help='RefinedAutoencoderKLTemporalDecoder arguments, JSON')
+  vae.add_argument('--frames', type=int, required=True)
+  vae.add_argument('--latent-size', type=int, required=True)
+  iresnet = tasks.add_parser('iresnet', help='IResNet forward and backward to its input, random weights')
+  iresnet.add_argument('--iresnet-config', required=True, help='{"layers": [...], "num_features": N}')
+  iresnet.add_argument('--batch', type=int, required=True)
+  for task in (unet, vae, iresnet):
+    task.add_argument('--repeats', type=int, default=3, help='timed calls after one warm-up (median printed)')
   return p
 
 
@@ -250,7 +302,8 @@ def main() -> None:
   args = parser().parse_args()
   sys.path.insert(0, str(Path(args.stableanimator).resolve()))
   install_cpu_stand_ins()
-  print(json.dumps(run(args) if args.task == 'pipeline' else run_unet(args)))
+  tasks = {'pipeline': run, 'unet': run_unet, 'vae_decode': run_vae_decode, 'iresnet': run_iresnet}
+  print(json.dumps(tasks[args.task](args)))
 
 
 if __name__ == '__main__':

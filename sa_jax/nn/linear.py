@@ -153,22 +153,68 @@ def matmul_conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: 
   return y.astype(jnp.result_type(lhs, rhs))
 
 
+# Nearest x2 then a 3x3 convolution with padding 1, per output row parity: which of the three
+# window rows land on each of the two input rows read (`[2 taps, 3 window rows]`), and the padding
+# of the 2-row window over the input.
+SUBPIXEL_TAPS = ((((1, 0, 0), (0, 1, 1)), (1, 0)),      # even rows: x[i-1] <- w0; x[i] <- w1 + w2
+                 (((1, 1, 0), (0, 0, 1)), (0, 1)))      # odd rows: x[i] <- w0 + w1; x[i+1] <- w2
+
+
+def upsampling_conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],
+                                    padding: Sequence[tuple[int, int]], lhs_dilation: Sequence[int] | None = None,
+                                    rhs_dilation: Sequence[int] | None = None,
+                                    dimension_numbers: Any = None, feature_group_count: int = 1,
+                                    precision: Any = None) -> jax.Array:
+  """A 3x3 convolution (stride 1, padding 1) of `lhs` repeated 2x2 (nearest x2), `[N, H, W, I]` ->
+  `[N, 2H, 2W, O]`, without making the large input: each of the four output parities is a 2x2
+  convolution of `lhs` whose kernel sums the 3x3 taps that read the same input pixel (sub-pixel
+  convolution). The same values up to summation order, with 16 taps per input pixel instead of 36.
+  Takes `lax.conv_general_dilated`'s arguments, as `nn.Conv` passes them.
+  """
+  numbers = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+  nhwc = lax.ConvDimensionNumbers((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
+  dilated = any(d != 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
+  if (rhs.shape[:2] != (3, 3) or tuple(window_strides) != (1, 1) or dilated or feature_group_count != 1
+      or isinstance(padding, str) or tuple(map(tuple, padding)) != ((1, 1), (1, 1)) or numbers != nhwc):
+    raise ValueError('upsampling_conv_general_dilated supports 3x3, stride-1, padding-1, undilated, ungrouped, '
+                     f'channels-last 2-D convolutions; got kernel {rhs.shape}, strides {window_strides}, padding '
+                     f'{padding!r}, lhs_dilation {lhs_dilation}, rhs_dilation {rhs_dilation}, feature_group_count '
+                     f'{feature_group_count}, dimension numbers {numbers}')
+  rows = []
+  for taps_y, pad_y in SUBPIXEL_TAPS:
+    columns = []
+    for taps_x, pad_x in SUBPIXEL_TAPS:
+      kernel = jnp.einsum('yk,xl,klio->yxio', jnp.asarray(taps_y, rhs.dtype), jnp.asarray(taps_x, rhs.dtype), rhs,
+                          precision=precision)                                            # [2, 2, I, O]
+      columns.append(conv_general_dilated(lhs, kernel, (1, 1), (pad_y, pad_x), dimension_numbers=dimension_numbers,
+                                          precision=precision))                           # [N, H, W, O]
+    rows.append(jnp.stack(columns, axis=3))                                               # [N, H, W, 2, O]
+  y = jnp.stack(rows, axis=2)                                                             # [N, H, 2, W, 2, O]
+  n, h, _, w, _, o = y.shape
+  return y.reshape(n, 2 * h, 2 * w, o)
+
+
 def conv(features: int, kernel_size: Sequence[int], *, strides: Sequence[int] | int = 1,
          padding: Sequence[tuple[int, int]] | str, use_bias: bool = True,
-         kernel_axes: KernelAxes = sharding.OUT_PROJ, by_matmuls: bool = False,
+         kernel_axes: KernelAxes = sharding.OUT_PROJ, by_matmuls: bool = False, upsampling: bool = False,
          dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32,
          name: str | None = None) -> Conv:
   """A channels-last convolution; `padding` is explicit per spatial axis (never 'SAME').
 
   The kernel is `[*kernel_size, in, out]` with logical axes `[None..., *kernel_axes]` (the window
   is never sharded); the bias `[out]` has the last of `kernel_axes`. `by_matmuls` computes it with
-  `matmul_conv_general_dilated` (stride 1 only).
+  `matmul_conv_general_dilated` (stride 1 only); `upsampling` convolves the input repeated 2x2
+  (`upsampling_conv_general_dilated`: 3x3, padding 1 only).
   """
+  if by_matmuls and upsampling:
+    raise ValueError('conv: by_matmuls and upsampling exclude each other')
   window = (None,) * len(kernel_size)
+  implementation = (matmul_conv_general_dilated if by_matmuls else
+                    upsampling_conv_general_dilated if upsampling else conv_general_dilated)
   return Conv(
       features, tuple(kernel_size), strides=strides, padding=padding, use_bias=use_bias,
       dtype=dtype, param_dtype=param_dtype, kernel_axes=tuple(kernel_axes),
-      conv_general_dilated=matmul_conv_general_dilated if by_matmuls else conv_general_dilated,
+      conv_general_dilated=implementation,
       kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), window + tuple(kernel_axes)),
       bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (kernel_axes[-1],)),
       name=name)

@@ -31,15 +31,8 @@ class Downsample(nn.Module):
                        dtype=self.dtype, param_dtype=self.param_dtype, name='conv')(x)
 
 
-def upsample_nearest(x: jax.Array) -> jax.Array:
-  """`[B, H, W, C] -> [B, 2H, 2W, C]`, every pixel repeated 2x2."""
-  b, h, w, c = x.shape
-  x = jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c))
-  return x.reshape(b, 2 * h, 2 * w, c)
-
-
 class Upsample(nn.Module):
-  """Nearest x2 then a 3x3 convolution named `conv`."""
+  """Nearest x2 then a 3x3 convolution named `conv` (computed as one: `linear.upsampling_conv_general_dilated`)."""
   features: int
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
@@ -47,5 +40,5 @@ class Upsample(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     """Args: x `[B, H, W, C]`. Returns `[B, 2H, 2W, features]`."""
-    return linear.conv3x3(self.features, dtype=self.dtype, param_dtype=self.param_dtype,
-                          name='conv')(upsample_nearest(x))
+    return linear.conv3x3(self.features, upsampling=True, dtype=self.dtype, param_dtype=self.param_dtype,
+                          name='conv')(x)

@@ -78,3 +78,27 @@ def test_matmul_conv_keeps_low_precision_dtype_and_refuses_strides():
   assert y.dtype == jnp.bfloat16 and float(y[0, 1, 1, 0]) == 18.0
   with pytest.raises(ValueError, match=r'strides \(2, 1\)'):
     linear.matmul_conv_general_dilated(x, k, (2, 1), ((1, 1), (1, 1)), dimension_numbers=dn)
+
+
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
+def test_upsampling_conv_is_a_conv_of_the_input_repeated_2x2(dtype):
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((2, 5, 7, 4)), dtype)
+  k = jnp.asarray(rng.standard_normal((3, 3, 4, 6)), dtype)
+  dn = ('NHWC', 'HWIO', 'NHWC')
+  pad = ((1, 1), (1, 1))
+  ours = lambda x, k: linear.upsampling_conv_general_dilated(x, k, (1, 1), pad, dimension_numbers=dn)
+  theirs = lambda x, k: lax.conv_general_dilated(jnp.repeat(jnp.repeat(x, 2, 1), 2, 2), k, (1, 1), pad,
+                                                 dimension_numbers=dn)
+  y = ours(x, k)
+  assert y.shape == (2, 10, 14, 6) and y.dtype == dtype
+  # The same products summed in another order (kernel taps first): rounding of sums of 36 terms of
+  # up to max|x| max|k| each, in the dtype's precision.
+  atol = 36 * float(jnp.finfo(dtype).eps) * float(jnp.abs(x).max() * jnp.abs(k).max()) * 4
+  np.testing.assert_allclose(np.asarray(y, np.float32), np.asarray(theirs(x, k), np.float32), rtol=0, atol=atol)
+  if dtype == jnp.float32:
+    loss = lambda conv: lambda x, k: jnp.sum(jnp.sin(conv(x, k)))
+    for got, want in zip(jax.grad(loss(ours), (0, 1))(x, k), jax.grad(loss(theirs), (0, 1))(x, k)):
+      np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * float(jnp.abs(want).max()))
+  with pytest.raises(ValueError, match='padding'):
+    linear.upsampling_conv_general_dilated(x, k, (1, 1), ((0, 0), (0, 0)), dimension_numbers=dn)
