@@ -116,6 +116,8 @@ def jit(fn: Callable, description: Any, folder: Path | None, *, name: str | None
     folder: where programs are kept.
     name: the program's name (`jit_<name>` in JAX's logs; default `fn`'s), also part of the key.
     **jit_kwargs: `donate_argnums`, `in_shardings`, `out_shardings` (applied to the loaded program).
+  Returns:
+    the function, with `.lower(*args)` as a jitted function has (args may be `ShapeDtypeStruct`s).
   """
   fn = _named(fn, name or fn.__name__)
   if folder is None:
@@ -123,14 +125,18 @@ def jit(fn: Callable, description: Any, folder: Path | None, *, name: str | None
   folder = Path(folder)
   programs: dict[str, Callable] = {}
 
-  def call(*args):
+  def program(args: Sequence[Any]) -> Callable:
     shapes = signature(args)
     if shapes not in programs:
       path = folder / f'{key(fn.__name__, description, shapes)}{PROGRAM_SUFFIX}'
       programs[shapes] = jax.jit(_named(_load_or_export(fn, args, path, jit_kwargs).call, fn.__name__),
                                  **jit_kwargs)
-    return programs[shapes](*args)
+    return programs[shapes]
 
+  def call(*args):
+    return program(args)(*args)
+
+  call.lower = lambda *args: program(args).lower(*args)
   return call
 
 

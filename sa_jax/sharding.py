@@ -57,7 +57,7 @@ the state, so a mesh of context alone holds 1/c of it per device (gathered one b
 gradients reduce-scattered over both axes).
 """
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -194,6 +194,20 @@ def _fit(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh) -> PartitionSpec
     size = int(np.prod([mesh.shape[a] for a in names])) if names else 1
     fitted.append(axes if names and dim % size == 0 else None)
   return PartitionSpec(*fitted)
+
+
+def map_over_rows(fn: Callable[..., jax.Array], logical: Sequence[str | None], *arrays: jax.Array) -> jax.Array:
+  """`fn(*arrays)`, each device applying `fn` to its own block (`jax.shard_map`) of arrays laid out
+  by `logical` (all the same rank and layout; the result too): for a computation XLA cannot split,
+  such as a Pallas kernel, whose rows and heads are independent. Dimensions that do not divide over
+  their mesh axes are whole on every device; outside a mesh with logical-axis rules, `fn(*arrays)`."""
+  rules, mesh = nn.get_logical_axis_rules(), jax.sharding.get_abstract_mesh()
+  if not rules or mesh.empty:
+    return fn(*arrays)
+  spec = nn.logical_to_mesh_axes(tuple(logical), rules)
+  specs = [_fit(spec, x.shape, mesh) for x in arrays]
+  common = PartitionSpec(*[axes if all(s[i] == axes for s in specs) else None for i, axes in enumerate(specs[0])])
+  return jax.shard_map(fn, mesh=mesh, in_specs=(common,) * len(arrays), out_specs=common, check_vma=False)(*arrays)
 
 
 def constrain(x: jax.Array, logical: Sequence[str | None]) -> jax.Array:

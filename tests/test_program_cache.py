@@ -47,6 +47,19 @@ def test_a_later_jit_loads_the_stored_program(tmp_path):
   np.testing.assert_array_equal(got[0]['y'], [1, 3, 5])
 
 
+def test_lower_from_shapes_stores_and_loads_as_a_call_does(tmp_path):
+  traces = []
+  shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), _args())
+  first = program_cache.jit(_traced_fn(traces), 'fn v1', tmp_path).lower(*shapes).compile()
+  assert traces == [(3,)] and len(_programs(tmp_path)) == 1
+  again = program_cache.jit(_traced_fn(traces), 'fn v1', tmp_path)
+  assert again.lower(*shapes).as_text() == program_cache.jit(_traced_fn(traces), 'fn v1', tmp_path).lower(
+      *shapes).as_text()
+  got = again(*_args())                 # the call finds the program `lower` loaded
+  assert traces == [(3,)], 'loaded, not traced'
+  jax.tree.map(np.testing.assert_array_equal, got, first(*_args()))
+
+
 def test_the_key_covers_description_and_shapes(tmp_path):
   traces = []
   program_cache.jit(_traced_fn(traces), 'fn v1', tmp_path)(*_args())

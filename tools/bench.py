@@ -6,6 +6,8 @@ r"""`python -m tools.bench`: timing and memory benchmarks, each against a baseli
   python -m tools.bench memory --full-size               # + the release config at 512x512, 16 frames
   python -m tools.bench hjb_memory --full-size           # one HJB refine step: memory vs frames
   XLA_FLAGS=--xla_force_host_platform_device_count=8 \
+  python -m tools.bench production                       # release at 576x1024: FLOPs, memory, compile time
+  XLA_FLAGS=--xla_force_host_platform_device_count=8 \
   python -m tools.bench train_memory                     # the release train step per device: the memory plan
   python -m tools.bench train_step                       # a release train step run here: time, FLOPs, MFU
   python -m tools.bench unet --unet-frames 8 --unet-size 32
@@ -26,6 +28,7 @@ import os
 import re
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -40,7 +43,8 @@ from PIL import Image
 from configs import animate as animate_config
 from configs import svd_xt
 from configs import train as train_configs
-from sa_jax import animate, diffusion, outputs
+from sa_jax import animate, diffusion, outputs, sharding
+from sa_jax.checkpoint import CheckpointConfig
 from sa_jax.eval import face, fvd, lpips, metrics
 from sa_jax.models import iresnet, random_init, stable_animator, unet, vae
 from sa_jax.models.stable_animator import ModelConfigs
@@ -50,9 +54,11 @@ from sa_jax.training import trainer
 from tools import bench_original, setup_logging
 
 logger = logging.getLogger('bench')
-BENCHMARKS = ('sampler', 'hjb', 'memory', 'hjb_memory', 'train_memory', 'train_step', 'unet', 'reference', 'batch',
-              'eval')
-ON_REQUEST = ('hjb_memory', 'train_memory', 'train_step')   # compile-heavy (minutes per compilation): run by name only
+BENCHMARKS = ('sampler', 'hjb', 'memory', 'hjb_memory', 'production', 'train_memory', 'train_step', 'unet',
+              'reference', 'batch', 'eval')
+ON_REQUEST = ('hjb_memory', 'production', 'train_memory', 'train_step')   # compile-heavy (minutes each): by name only
+# The production-scale figures (issue 13): the release config as a user of an accelerator runs it.
+PRODUCTION = dict(height=576, width=1024, steps=25, dtype=jnp.bfloat16, query_chunk_size=1024)
 # The memory plan (docs/training.md): overrides of configs/train.py's release settings, `;`-separated.
 TRAIN_VARIANTS = (
     'mesh.shape=fsdp=1;dtype=bfloat16',                                   # one device
@@ -329,6 +335,156 @@ def bench_hjb_memory(args: argparse.Namespace) -> None:
            ('variant', 'temp MiB', 'compile s', 'temp / baseline', f'temp / {frame_counts[0]} frames'), rows,
            [('compiled.memory_analysis() of the backend: an XLA estimate, not a measured peak; parameters '
              'and inputs (the argument bytes) come on top')])
+
+
+def production_config() -> CheckpointConfig:
+  """The model of the production figures: the release config (shapes only)."""
+  return CheckpointConfig(models=ModelConfigs.from_dict(svd_xt.get_config().to_dict()),
+                          scheduler=diffusion.ScheduleConfig(), source='release config, shapes only')
+
+
+def _production_programs(config: CheckpointConfig, frames: int, with_hjb: bool, mesh: Any,
+                         folder: Path | None, query_chunk_size: int | None = PRODUCTION['query_chunk_size']
+                         ) -> tuple[Any, Any, tuple]:
+  """The release Animator's (prepare, denoise, decode) at the production settings for one video of
+  `frames` frames, with the shapes of their arguments: (animator, programs, (params, request, seeds))."""
+  run = _run_settings(PRODUCTION['steps'], with_hjb)
+  height, width = PRODUCTION['height'], PRODUCTION['width']
+  animator = pipeline.Animator(
+      config, sampler.SamplerConfig.from_config(run, config.scheduler, frames),
+      pipeline.ConditioningConfig.from_config(run), PRODUCTION['dtype'], query_chunk_size, mesh,
+      step_progress=False, program_folder=folder)
+  dtype = PRODUCTION['dtype']
+  params = {name: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, dtype), nn.unbox(tree))
+            for name, tree in config.models.abstract_params().items() if name in animator.needs}
+  shape = jax.ShapeDtypeStruct
+  request = pipeline.Request(
+      reference=shape((1, height, width, 3), jnp.uint8), reference_resized=shape((1, height, width, 3), jnp.uint8),
+      poses=shape((1, frames, height, width, 3), jnp.uint8), face_embedding=shape((1, 512), jnp.float32),
+      face_boxes=shape((1, frames, 4), jnp.int32), reference_face_box=shape((1, 4), jnp.int32))
+  programs = animator.programs(animator.latent_shape(request), request)
+  return animator, programs, (params, request, shape((1,), jnp.uint32))
+
+
+def _lower_all(animator: Any, programs: tuple, params: Any, request: Any, seeds: Any) -> list:
+  """The three programs lowered from shapes, each from the previous one's output shapes."""
+  prepare, denoise, decode = programs
+  as_shapes = lambda info: jax.tree.map(lambda o: jax.ShapeDtypeStruct(o.shape, o.dtype), info)
+  with animator.context():
+    prepared = prepare.lower(params, request, seeds, None)
+    inputs, latents = as_shapes(prepared.out_info)
+    denoised = denoise.lower({n: params[n] for n in animator.networks}, latents, inputs)
+    return [prepared, denoised, decode.lower(params['vae'], latents)]
+
+
+def _loop_free_flops(fn: Callable, *args) -> float:
+  """XLA's FLOP count of the jitted `fn` for `args`; refused if the compiled program loops (XLA
+  counts a loop body once), but for loops that carry no floating-point values (the random-bit
+  generator's rounds: integer work, no FLOPs)."""
+  compiled, _ = _compile(fn, *args)
+  loops = [line for line in compiled.as_text().splitlines()
+           if ' while(' in line and re.search(r'\b(f16|bf16|f32|f64)\[', line.split(' while(')[0])]
+  if loops:
+    raise RuntimeError(f'{fn} compiles to a loop: its FLOP count would take the body once ({loops[0][:200]})')
+  return _flops(compiled)
+
+
+def _flops_per_video(config: CheckpointConfig, frames: int, run: Any) -> dict[str, float]:
+  """FLOPs of one video at the production settings, from loop-free pieces: the prepare program,
+  one denoising step (every tile of both guidance branches), one decode chunk and one HJB gradient
+  of a decode chunk (decode, crop, embed, backward), each counted by XLA and multiplied by how
+  often the pipeline runs it."""
+  models, dtype = config.models, PRODUCTION['dtype']
+  height, width = PRODUCTION['height'], PRODUCTION['width']
+  f = models.vae.spatial_factor
+  sampler_config = sampler.SamplerConfig.from_config(run, config.scheduler, frames)
+  chunk = sampler_config.decode_chunk_size
+  cast = lambda tree: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, dtype), nn.unbox(tree))
+  params = {name: cast(tree) for name, tree in models.abstract_params().items()}
+  networks = stable_animator.make_networks(models, dtype, remat=False)
+  latents, inputs = _sampler_inputs(models, frames, height, width, abstract=True)
+  step = sampler.make_step(networks, dataclasses.replace(sampler_config, hjb=None))
+  step_flops = _loop_free_flops(jax.jit(step), {'unet': params['unet']}, inputs, latents,
+                                jax.ShapeDtypeStruct((), jnp.int32))
+  z = jax.ShapeDtypeStruct((1, chunk, height // f, width // f, models.vae.latent_channels), jnp.float32)
+  decode_flops = _loop_free_flops(jax.jit(lambda p, z: pipeline.decode_video(p, models.vae, z, chunk, dtype)),
+                                  params['vae'], z)
+  hjb_networks = stable_animator.make_networks(models, dtype, remat=True)
+  grad = lambda p, z, boxes, reference: hjb.face_loss_grad(
+      z, boxes, reference, lambda lat: hjb_networks.decode(p['vae'], lat, chunk),
+      lambda faces: hjb_networks.embed_faces(p['face_embedder'], faces), chunk)[1]
+  grad_flops = _loop_free_flops(jax.jit(grad), {k: params[k] for k in ('vae', 'face_embedder')}, z,
+                                jax.ShapeDtypeStruct((1, chunk, 4), jnp.int32), inputs.reference_embedding)
+  _, (prepare, _, _), shapes = _production_programs(config, frames, False, None, None, query_chunk_size=None)
+  prepare_flops = _loop_free_flops(prepare, *shapes, None)
+  chunks = -(-frames // chunk)
+  h, steps = run.hjb, run.sampler.num_steps
+  refine_steps = len(range(h.start, min(h.end, steps - 1) + 1))
+  return {'prepare': prepare_flops, 'step': step_flops, 'steps': steps * step_flops, 'decode': chunks * decode_flops,
+          'hjb': refine_steps * h.iterations * chunks * grad_flops}
+
+
+def bench_production(args: argparse.Namespace) -> None:
+  """The release config at 576x1024, bfloat16, 25 steps with guidance, compiled from shapes (nothing
+  runs): FLOPs per video, XLA's per-device memory of the sampler without and with HJB on one device
+  and on all of them (fsdp), and the compile time of the release programs with an empty cache and
+  with a warm one (programs stored by `program_cache`, executables by JAX's cache)."""
+  config = production_config()
+  run = _run_settings(PRODUCTION['steps'], True)
+  frame_counts = args.production_frames
+  devices = jax.device_count()
+  flops = {frames: _flops_per_video(config, frames, run) for frames in frame_counts}
+  _table(f'production: FLOPs per video, release config at {PRODUCTION["height"]}x{PRODUCTION["width"]}, '
+         f'{run.sampler.num_steps} steps with guidance, {jnp.dtype(PRODUCTION["dtype"]).name}',
+         ('frames', 'prepare TFLOP', 'one step TFLOP', f'{run.sampler.num_steps} steps TFLOP', 'decode TFLOP',
+          f'HJB TFLOP (steps {run.hjb.start}-{run.hjb.end}, {run.hjb.iterations} iterations)', 'video TFLOP',
+          'video TFLOP with HJB'),
+         [(frames, f['prepare'] / 1e12, f['step'] / 1e12, f['steps'] / 1e12, f['decode'] / 1e12, f['hjb'] / 1e12,
+           (f['prepare'] + f['steps'] + f['decode']) / 1e12,
+           (f['prepare'] + f['steps'] + f['decode'] + f['hjb']) / 1e12) for frames, f in flops.items()],
+         ['XLA cost analysis of loop-free pieces (the prepare program: CLIP, VAE encode, PoseNet; one denoising step '
+          'with every tile of both guidance branches; one decode chunk; one HJB gradient of a decode chunk), '
+          'times how often the pipeline runs each'])
+  REPORT['production_flops'] = flops
+  rows = []
+  saved = {k: getattr(jax.config, k) for k in ('jax_compilation_cache_dir', 'jax_persistent_cache_min_compile_time_secs',
+                                               'jax_persistent_cache_min_entry_size_bytes')}
+  with tempfile.TemporaryDirectory(prefix='sa-bench-production-') as cache:
+    animate.enable_compile_cache(True, cache)
+    try:
+      for mesh_devices in sorted({1, devices}):
+        mesh = None if mesh_devices == 1 else sharding.make_mesh({sharding.FSDP: mesh_devices})
+        for frames in frame_counts:
+          for with_hjb in (h == 'on' for h in args.production_hjb):
+            folder = Path(cache) / 'programs' if mesh is None else None
+            animator, programs, shapes = _production_programs(config, frames, with_hjb, mesh, folder)
+            start = time.perf_counter()
+            compiled = [lowered.compile() for lowered in _lower_all(animator, programs, *shapes)]
+            cold = time.perf_counter() - start
+            warm = 'n/a'
+            if folder is not None:            # a later process: programs loaded, executables from the cache
+              jax.clear_caches()
+              animator, programs, shapes = _production_programs(config, frames, with_hjb, mesh, folder)
+              start = time.perf_counter()
+              for lowered in _lower_all(animator, programs, *shapes):
+                lowered.compile()
+              warm = time.perf_counter() - start
+            memory = compiled[1].memory_analysis()
+            rows.append((mesh_devices, frames, 'on' if with_hjb else 'off', memory.temp_size_in_bytes / 2 ** 30,
+                         memory.argument_size_in_bytes / 2 ** 30, cold, warm))
+            logger.info('production: %s', rows[-1])
+    finally:
+      for k, v in saved.items():
+        jax.config.update(k, v)
+  _table(f'production: the release sampler program per device, {PRODUCTION["height"]}x{PRODUCTION["width"]}, '
+         f'{jnp.dtype(PRODUCTION["dtype"]).name}, query chunk {PRODUCTION["query_chunk_size"]}',
+         ('devices (fsdp)', 'frames', 'HJB', 'sampler temp GiB', 'arguments GiB', 'compile s, empty cache',
+          'compile s, warm cache'), rows,
+         ['memory: compiled.memory_analysis() of the denoising program (the sampler loop; with HJB its refine '
+          'step) per device, an XLA estimate; compile: the three programs (prepare, denoise, decode), traced, '
+          'lowered and compiled with empty caches, then loaded from the stored programs and JAX\'s cache as a '
+          f'later process does (one device only); {devices} device(s) here'
+          + ('' if devices > 1 else ': set XLA_FLAGS=--xla_force_host_platform_device_count=8 for 8')])
 
 
 def _train_config(variant: str) -> Any:
@@ -626,6 +782,9 @@ def _parser() -> argparse.ArgumentParser:
                       'bfloat16, 16 and 64 frames (a few minutes each)')
   p.add_argument('--hjb-frames', type=int, nargs='+', default=[8, 16, 32],
                  help='hjb_memory: frame counts of the tiny config')
+  p.add_argument('--production-frames', type=int, nargs='+', default=[16, 64], help='production: frame counts')
+  p.add_argument('--production-hjb', nargs='+', choices=('off', 'on'), default=['off', 'on'],
+                 help='production: the sampler without and/or with HJB')
   p.add_argument('--batch', type=int, default=2, help='unet/reference: batch (2 = both guidance branches)')
   p.add_argument('--unet-frames', type=int, default=8, help='unet/reference: frames')
   p.add_argument('--unet-size', type=int, default=32, help='unet/reference: latent height = width')

@@ -213,21 +213,26 @@ def ours_component(task: str, frames: int, latent_size: int, repeats: int) -> di
           'parameters': sum(x.size for x in jax.tree.leaves(params))}
 
 
+def component_commands(task: str, checkout: Path, python: Path, frames: int, latent_size: int, repeats: int
+                       ) -> tuple[list[str], list[str]]:
+  """The commands of one component's comparison: (ours, the original's)."""
+  ours = [sys.executable, '-m', 'tools.bench_original', task, '--frames', str(frames), '--latent-size',
+          str(latent_size), '--repeats', str(repeats)]
+  size = ['--batch', str(frames)] if task == 'iresnet' else ['--frames', str(frames), '--latent-size', str(latent_size)]
+  config_flag = {'unet': '--unet-config', 'vae_decode': '--vae-config', 'iresnet': '--iresnet-config'}[task]
+  theirs = [str(python), str(ROOT / 'tools' / 'original.py'), '--stableanimator', str(checkout), task, config_flag,
+            json.dumps(release_configs()[task]), *size, '--repeats', str(repeats)]
+  return ours, theirs
+
+
 def compare_components(checkout: Path, python: Path, frames: int, latent_size: int, repeats: int
                        ) -> dict[str, dict[str, Any]]:
   """Each of `COMPONENTS` at the release sizes, ours and the original's, each in a fresh process."""
-  configs = release_configs()
   results = {}
   for task in COMPONENTS:
     what = f'release {task}, {frames} frames' + (f' of {latent_size}x{latent_size} latents' * (task != 'iresnet'))
-    ours = _measured([sys.executable, '-m', 'tools.bench_original', task, '--frames', str(frames), '--latent-size',
-                      str(latent_size), '--repeats', str(repeats)], f'{what}: sa-jax')
-    size = ['--batch', str(frames)] if task == 'iresnet' else ['--frames', str(frames), '--latent-size',
-                                                                str(latent_size)]
-    config_flag = {'unet': '--unet-config', 'vae_decode': '--vae-config', 'iresnet': '--iresnet-config'}[task]
-    theirs = _measured([str(python), str(ROOT / 'tools' / 'original.py'), '--stableanimator', str(checkout), task,
-                        config_flag, json.dumps(configs[task]), *size, '--repeats', str(repeats)],
-                       f'{what}: the original')
+    ours, theirs = component_commands(task, checkout, python, frames, latent_size, repeats)
+    ours, theirs = _measured(ours, f'{what}: sa-jax'), _measured(theirs, f'{what}: the original')
     results[task] = {'ours': {**json.loads(ours['last_line']), 'rss_mib': ours['rss_mib']},
                      'original': {**json.loads(theirs['last_line']), 'rss_mib': theirs['rss_mib']}}
   return results

@@ -196,8 +196,10 @@ class Animator:
     spec = PartitionSpec(sharding.BATCH, *([None] * (ndim - 1)))
     return sharding.logical_to_sharding(spec, (batch,) + (1,) * (ndim - 1), self.mesh, self.rules)
 
-  def _compiled(self, latent_shape: tuple[int, ...], request: Request) -> tuple[Callable, Callable, Callable]:
-    """The jitted (prepare, denoise, decode) for latents of `latent_shape` `[B, F, h, w, 4]`."""
+  def programs(self, latent_shape: tuple[int, ...], request: Request) -> tuple[Callable, Callable, Callable]:
+    """The jitted (prepare, denoise, decode) for latents of `latent_shape` `[B, F, h, w, 4]` and
+    batches shaped as `request` (arrays or `ShapeDtypeStruct`s): what `run` calls, with `.lower`
+    for compiling from shapes (`python -m tools.bench production`)."""
     if latent_shape in self._programs:
       return self._programs[latent_shape]
     jit = lambda name, fn, **kwargs: program_cache.jit(fn, self._description, self.program_folder, name=name,
@@ -224,7 +226,8 @@ class Animator:
     if self._progress is not None:
       self._progress(int(step))
 
-  def _context(self) -> contextlib.AbstractContextManager:
+  def context(self) -> contextlib.AbstractContextManager:
+    """The mesh and logical-axis rules the programs are traced and run under (nothing without a mesh)."""
     stack = contextlib.ExitStack()
     if self.mesh is not None:
       stack.enter_context(jax.set_mesh(self.mesh))
@@ -260,10 +263,10 @@ class Animator:
     missing = [n for n in self.needs if n not in params]
     if missing:
       raise ValueError(f'the animator needs parameters of {missing}')
-    prepare, denoise, decode = self._compiled(self.latent_shape(request), request)
+    prepare, denoise, decode = self.programs(self.latent_shape(request), request)
     self._progress = progress
     used = {n: params[n] for n in self.needs}
-    with self._context():
+    with self.context():
       inputs, latents = prepare(used, request, np.asarray(seeds, np.uint32), noise)
       latents, trajectory = denoise({n: used[n] for n in self.networks}, latents, inputs)
       decoded, frames = decode(used['vae'], latents)

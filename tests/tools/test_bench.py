@@ -14,7 +14,9 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from sa_jax import animate, checkpoint
+from sa_jax import animate, checkpoint, diffusion
+from sa_jax.models.stable_animator import ModelConfigs
+from tests import micro_model
 from tools import animate as animate_tool
 from tools import bench, bench_original, original
 
@@ -51,6 +53,45 @@ def test_flops_are_xlas_count_of_the_compiled_program():
   a, b = jax.ShapeDtypeStruct((8, 16), jnp.float32), jax.ShapeDtypeStruct((16, 4), jnp.float32)
   compiled, _ = bench._compile(jax.jit(jnp.matmul), a, b)
   assert bench._flops(compiled) == 2 * 8 * 16 * 4
+
+
+def test_production_figures_come_from_the_animators_programs(monkeypatch, capsys):
+  """The production benchmark at a micro scale: FLOPs per video from loop-free pieces (HJB's
+  included), and the sampler program's memory on one device and on the mesh of all (8 here),
+  compiled from shapes (without HJB: its sampler takes 40 s to compile even at this size)."""
+  models = micro_model.micro_models().to_dict()
+  models['face_embedder'] = dict(layers=[1, 1, 1, 1], num_features=512, widths=[8, 8, 8, 8])
+  config = checkpoint.CheckpointConfig(models=ModelConfigs.from_dict(models), scheduler=diffusion.ScheduleConfig())
+  monkeypatch.setattr(bench, 'production_config', lambda: config)
+  monkeypatch.setattr(bench, 'PRODUCTION', dict(height=64, width=128, steps=2, dtype=jnp.float32,
+                                                query_chunk_size=None))
+  bench.main(['production', '--production-frames', '6', '--production-hjb', 'off'])
+  out = capsys.readouterr().out
+  flops = bench.REPORT['production_flops'][6]
+  assert flops['steps'] == 2 * flops['step'] > 0 and flops['prepare'] > 0 and flops['decode'] > 0
+  refine_steps, chunks = 2, 2                    # steps 0-1 of 2 (hjb.end is beyond), 6 frames in chunks of 4
+  assert flops['hjb'] > 0 and flops['hjb'] % (refine_steps * 3 * chunks) == 0
+  rows = [line.split() for line in out.splitlines() if re.match(r'[18]\s+6\s+o', line)]
+  assert [(r[0], r[2]) for r in rows] == [('1', 'off'), ('8', 'off')]
+  one, eight = rows
+  assert float(eight[3]) < float(one[3]), 'eight devices split the UNet rows'
+  assert float(one[6]) > 0 and eight[6] == 'n/a', 'one device: a later process compiles from the stored programs'
+
+
+def test_component_commands_give_both_sides_the_same_work():
+  configs = bench_original.release_configs()
+  assert configs['unet']['block_out_channels'] == [320, 640, 1280, 1280]
+  assert configs['vae_decode']['block_out_channels'] == [128, 256, 512, 512]
+  assert configs['iresnet'] == {'layers': [3, 13, 30, 3], 'num_features': 512}
+  for task in bench_original.COMPONENTS:
+    ours, theirs = bench_original.component_commands(task, Path('checkout'), Path('python'), 4, 32, 3)
+    assert ours[1:4] == ['-m', 'tools.bench_original', task]
+    parsed = original.parser().parse_args(theirs[2:])
+    assert parsed.task == task and parsed.repeats == 3
+    assert (parsed.batch if task == 'iresnet' else (parsed.frames, parsed.latent_size)) == (
+        4 if task == 'iresnet' else (4, 32))
+    config = {'unet': 'unet_config', 'vae_decode': 'vae_config', 'iresnet': 'iresnet_config'}[task]
+    assert json.loads(getattr(parsed, config)) == configs[task]
 
 
 def test_json_report_holds_the_tables_and_replaces_only_a_report(tmp_path, capsys):
