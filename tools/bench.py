@@ -38,6 +38,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental.compilation_cache import compilation_cache
 from PIL import Image
 
 from configs import animate as animate_config
@@ -451,6 +452,7 @@ def bench_production(args: argparse.Namespace) -> None:
                                                'jax_persistent_cache_min_entry_size_bytes')}
   with tempfile.TemporaryDirectory(prefix='sa-bench-production-') as cache:
     animate.enable_compile_cache(True, cache)
+    compilation_cache.reset_cache()            # JAX reads the folder when it first compiles: from here on
     try:
       for mesh_devices in sorted({1, devices}):
         mesh = None if mesh_devices == 1 else sharding.make_mesh({sharding.FSDP: mesh_devices})
@@ -476,6 +478,7 @@ def bench_production(args: argparse.Namespace) -> None:
     finally:
       for k, v in saved.items():
         jax.config.update(k, v)
+      compilation_cache.reset_cache()          # later compiles use the folder they used before
   _table(f'production: the release sampler program per device, {PRODUCTION["height"]}x{PRODUCTION["width"]}, '
          f'{jnp.dtype(PRODUCTION["dtype"]).name}, query chunk {PRODUCTION["query_chunk_size"]}',
          ('devices (fsdp)', 'frames', 'HJB', 'sampler temp GiB', 'arguments GiB', 'compile s, empty cache',

@@ -173,6 +173,19 @@ def release_configs() -> dict[str, dict[str, Any]]:
           'iresnet': {k: release['face_embedder'][k] for k in ('layers', 'num_features')}}
 
 
+def _on_device(params: dict[str, Any]) -> Any:
+  """NumPy parameters on the device one leaf at a time, each host copy freed once its device copy
+  is made: on a CPU `jax.device_put` copies, and the whole tree at once held both copies (the
+  release UNet's peak 11.1 GB instead of 9.0 GB)."""
+  import jax
+  from flax import traverse_util
+  flat = traverse_util.flatten_dict(params)
+  params.clear()
+  for path in list(flat):
+    flat[path] = jax.block_until_ready(jax.device_put(flat[path]))
+  return traverse_util.unflatten_dict(flat)
+
+
 def ours_component(task: str, frames: int, latent_size: int, repeats: int) -> dict[str, Any]:
   """One release-size component as sa-animate runs it, random weights: `unet` one denoising step's
   UNet work (both guidance branches in one batch-2 call, `frames` frames of `latent_size` latents),
@@ -205,7 +218,7 @@ def ours_component(task: str, frames: int, latent_size: int, repeats: int) -> di
     inputs = (draw(frames, iresnet.INPUT_SIZE, iresnet.INPUT_SIZE, 3), draw(1, config.num_features))
   else:
     raise ValueError(f'unknown component {task!r}; expected one of {COMPONENTS}')
-  params = jax.device_put(params)
+  params = _on_device(params)
   compiled, compile_s = bench._compile(fn, params, *inputs)
   run_s, _ = bench._run_time(lambda: compiled(params, *inputs), repeats)
   memory = compiled.memory_analysis()

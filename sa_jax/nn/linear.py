@@ -184,8 +184,8 @@ def upsampling_conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strid
   for taps_y, pad_y in SUBPIXEL_TAPS:
     columns = []
     for taps_x, pad_x in SUBPIXEL_TAPS:
-      kernel = jnp.einsum('yk,xl,klio->yxio', jnp.asarray(taps_y, rhs.dtype), jnp.asarray(taps_x, rhs.dtype), rhs,
-                          precision=precision)                                            # [2, 2, I, O]
+      kernel = jnp.einsum('yk,xl,klio->yxio', jnp.asarray(taps_y, jnp.float32), jnp.asarray(taps_x, jnp.float32),
+                          rhs.astype(jnp.float32), precision=precision).astype(rhs.dtype)   # [2, 2, I, O]
       columns.append(conv_general_dilated(lhs, kernel, (1, 1), (pad_y, pad_x), dimension_numbers=dimension_numbers,
                                           precision=precision))                           # [N, H, W, O]
     rows.append(jnp.stack(columns, axis=3))                                               # [N, H, W, 2, O]

@@ -65,7 +65,9 @@ def test_production_figures_come_from_the_animators_programs(monkeypatch, capsys
   monkeypatch.setattr(bench, 'production_config', lambda: config)
   monkeypatch.setattr(bench, 'PRODUCTION', dict(height=64, width=128, steps=2, dtype=jnp.float32,
                                                 query_chunk_size=None))
+  cache_dir = jax.config.jax_compilation_cache_dir
   bench.main(['production', '--production-frames', '6', '--production-hjb', 'off'])
+  assert jax.config.jax_compilation_cache_dir == cache_dir, 'its temporary cache is not left behind'
   out = capsys.readouterr().out
   flops = bench.REPORT['production_flops'][6]
   assert flops['steps'] == 2 * flops['step'] > 0 and flops['prepare'] > 0 and flops['decode'] > 0

@@ -172,14 +172,14 @@ def test_animation_interrupted_while_denoising_decoding_or_writing(animation, st
   if stage == 'write':
     monkeypatch.setattr(frame_io, 'save_rgb', _signal_after(frame_io.save_rgb, signum))
   else:
-    compiled = pipeline.Animator._compiled
+    compiled = pipeline.Animator.programs
 
     def signalling(self, *args):
       programs = dict(zip(('prepare', 'denoise', 'decode'), compiled(self, *args)))
       programs[stage] = _signal_after(programs[stage], signum)
       return tuple(programs.values())
 
-    monkeypatch.setattr(pipeline.Animator, '_compiled', signalling)
+    monkeypatch.setattr(pipeline.Animator, 'programs', signalling)
   with pytest.raises(SystemExit) as stop:
     animate_tool.main(list(command[1:]))
   assert stop.value.code == tools.SIGNAL_EXIT + signum
