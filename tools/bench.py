@@ -281,6 +281,13 @@ def bench_memory(args: argparse.Namespace) -> None:
                   'n/a where the backend reports nothing'])
 
 
+def _abstract_params(models: ModelConfigs, dtype: Any, names: Sequence[str]) -> dict[str, Any]:
+  """Network name -> the shapes of its parameters, every leaf in `dtype` (as sa-animate casts them)."""
+  return {name: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, dtype),
+                             nn.unbox(stable_animator.BY_NAME[name].abstract_params(getattr(models, name))))
+          for name in names}
+
+
 def _hjb_step(configs: ModelConfigs, chunk: int, iterations: int, chunked: bool, dtype: Any) -> Callable:
   """One sampler step's HJB refinement, jitted: `iterations` Adam steps on the face loss of x0.
 
@@ -317,9 +324,7 @@ def bench_hjb_memory(args: argparse.Namespace) -> None:
   ratio = lambda a, b: _ratio(a, b) if a and b else 'n/a'
   for name, sections, frame_counts, height, width, dtype in sizes:
     configs = ModelConfigs.from_dict(sections.to_dict())
-    params = {k: jax.tree.map(lambda x, d=dtype: jax.ShapeDtypeStruct(x.shape, d),
-                              nn.unbox(stable_animator.BY_NAME[k].abstract_params(getattr(configs, k))))
-              for k in ('vae', 'face_embedder')}
+    params = _abstract_params(configs, dtype, ('vae', 'face_embedder'))
     rows, first = [], {}
     for frames in frame_counts:
       z0, inputs = _sampler_inputs(configs, frames, height, width, abstract=True)
@@ -356,8 +361,7 @@ def _production_programs(config: CheckpointConfig, frames: int, with_hjb: bool, 
       pipeline.ConditioningConfig.from_config(run), PRODUCTION['dtype'], query_chunk_size, mesh,
       step_progress=False, program_folder=folder)
   dtype = PRODUCTION['dtype']
-  params = {name: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, dtype), nn.unbox(tree))
-            for name, tree in config.models.abstract_params().items() if name in animator.needs}
+  params = _abstract_params(config.models, dtype, animator.needs)
   shape = jax.ShapeDtypeStruct
   request = pipeline.Request(
       reference=shape((1, height, width, 3), jnp.uint8), reference_resized=shape((1, height, width, 3), jnp.uint8),
@@ -400,8 +404,7 @@ def _flops_per_video(config: CheckpointConfig, frames: int, run: Any) -> dict[st
   f = models.vae.spatial_factor
   sampler_config = sampler.SamplerConfig.from_config(run, config.scheduler, frames)
   chunk = sampler_config.decode_chunk_size
-  cast = lambda tree: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, dtype), nn.unbox(tree))
-  params = {name: cast(tree) for name, tree in models.abstract_params().items()}
+  params = _abstract_params(models, dtype, models.names)
   networks = stable_animator.make_networks(models, dtype, remat=False)
   latents, inputs = _sampler_inputs(models, frames, height, width, abstract=True)
   step = sampler.make_step(networks, dataclasses.replace(sampler_config, hjb=None))
