@@ -8,8 +8,8 @@ data. Full size: 1,550,182,122 UNet parameters including the ID adapter (SPEC §
   get_config()        the release (SVD-xt, ViT-H/14, PoseNet(320), FusionFaceId, IResNet-100)
   get_config('tiny')  small widths for tests (runs in seconds on a CPU)
   get_config('demo')  a small model trained from scratch on sa-make-dataset characters (64x64;
-                      configs/train.py:demo): UNet 32/64/64/64, VAE 32/64/64/64 (8 GroupNorm
-                      groups), IResNet 16/32/64/64
+                      configs/train.py:demo): UNet 32/64/64/64, VAE 32/64/64 (three levels: 4
+                      pixels per latent, PoseNet likewise; 8 GroupNorm groups), IResNet 16/32/64/64
 """
 
 import ml_collections
@@ -27,7 +27,7 @@ def _unet(channels, heads, cross_attention_dim, time_dim):
 
 
 def _vae(channels, layers_per_block=2, **extra):
-  return dict(in_channels=3, out_channels=3, down_block_types=['DownEncoderBlock2D'] * 4,
+  return dict(in_channels=3, out_channels=3, down_block_types=['DownEncoderBlock2D'] * len(channels),
               block_out_channels=channels, layers_per_block=layers_per_block, latent_channels=4,
               scaling_factor=0.18215, force_upcast=True, **extra)
 
@@ -66,11 +66,13 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   elif variant == 'demo':
     sections = dict(
         unet=_unet([32, 64, 64, 64], [1, 2, 2, 2], 128, 32),
-        # 8 GroupNorm groups: 4 to 8 channels per group, as the release's 4 to 16 (VAEConfig); one
-        # resnet per level (two in the decoder): trained from scratch it learns faster (docs/training.md)
-        vae=_vae([32, 64, 64, 64], layers_per_block=1, norm_num_groups=8),
+        # Three levels: a latent per 4x4 pixels (the release: 8x8), which keeps the 64x64 figure's
+        # limbs; 8 GroupNorm groups: 4 to 8 channels per group, as the release's 4 to 16 (VAEConfig);
+        # one resnet per level (two in the decoder): trained from scratch it learns faster
+        # (docs/training.md)
+        vae=_vae([32, 64, 64], layers_per_block=1, norm_num_groups=8),
         image_encoder=_clip(64, 128, 2, 2, 32, 128),
-        pose_net=dict(noise_latent_channels=32),
+        pose_net=dict(noise_latent_channels=32, spatial_factor=4),
         face_encoder=_face_encoder(128, 2),
         face_embedder=dict(layers=[1, 1, 1, 1], num_features=512, widths=[16, 32, 64, 64]),
     )

@@ -6,6 +6,12 @@ frame with joint angles that swing on their own sine waves; a clip renders one i
 one motion in front of a background of its own. Identities, motions and backgrounds are each drawn
 from `np.random.default_rng([seed, kind, index])`, so a dataset is a function of its arguments.
 
+The figure is drawn for an autoencoder that keeps one latent per 8x8 pixels (the demo's VAE, at 64x64
+frames): it fills most of the frame's height, its limbs are about half a latent wide and the head
+about a latent across, and the background is a smooth gradient with at most two large soft shapes.
+Thinner limbs (two pixels) and busier backgrounds cost the VAE its capacity: trained as long, its
+reconstructions kept the colours and lost the limbs (docs/training.md).
+
 Each clip is written as `sa-prep --no-align` writes training data: `images/`, `poses/` (the skeleton
 of each frame drawn by `sa_jax.prep.skeleton`, the code sa-prep draws with, from the OpenPose-18 body
 keypoints of the character), `faces/` (the head box as a mask, `sa_jax.prep.faces.face_mask`),
@@ -82,13 +88,13 @@ def make_identity(seed: int, index: int) -> Identity:
                                        0, 255))
   return Identity(skin=skin, shirt=_colour(rng), trousers=_colour(rng, 0, 200), hair=_colour(rng, 0, 160),
                   eyes=_colour(rng, 0, 200), mouth=_colour(rng, 80, 256), mouth_width=float(rng.uniform(0.3, 0.7)),
-                  code=tuple(int(b) for b in rng.integers(0, 2, _CODE_BITS)), height=float(rng.uniform(0.75, 0.9)),
+                  code=tuple(int(b) for b in rng.integers(0, 2, _CODE_BITS)), height=float(rng.uniform(0.82, 0.92)),
                   build=float(rng.uniform(0.8, 1.25)))
 
 
 def make_motion(seed: int, index: int) -> Motion:
   rng = np.random.default_rng([seed, _MOTION, index])
-  start, end = rng.uniform(0.3, 0.7, 2)
+  start, end = rng.uniform(0.38, 0.62, 2)
   angles = {}
   for side, sign in (('right', -1.0), ('left', 1.0)):
     angles[f'{side}_shoulder'] = (sign * rng.uniform(0.1, 0.8), rng.uniform(0.2, 1.3), rng.uniform(0.02, 0.08),
@@ -113,11 +119,11 @@ def body_points(who: Identity, motion: Motion, frame: int, num_frames: int, widt
   and its radius."""
   unit = who.height * height
   t = frame / max(num_frames - 1, 1)
-  # The figure spans 0.92 unit (head top 0.52 above the hip, ankles 0.4 below): centred vertically.
+  # The figure spans 0.98 unit (head top 0.55 above the hip, ankles 0.4 below, feet 0.03): centred.
   hip = np.array([(motion.start + (motion.end - motion.start) * t) * width,
-                  0.5 * height + 0.06 * unit + motion.bob * height * math.sin(0.5 * frame)])
+                  0.5 * height + 0.065 * unit + motion.bob * height * math.sin(0.5 * frame)])
   neck = hip - [0, 0.32 * unit]
-  radius = 0.075 * unit
+  radius = 0.09 * unit
   head = neck - [0, 0.05 * unit + radius]
 
   def limb(origin, angle, length):
@@ -143,15 +149,15 @@ def body_points(who: Identity, motion: Motion, frame: int, num_frames: int, widt
 
 
 def _background(seed: int, index: int, width: int, height: int) -> np.ndarray:
-  """A vertical gradient between two colours with a few muted shapes, uint8 [H, W, 3]."""
+  """A vertical gradient between two colours with up to two large muted shapes, uint8 [H, W, 3]."""
   rng = np.random.default_rng([seed, _BACKGROUND, index])
   top, bottom = np.array(_colour(rng), np.float64), np.array(_colour(rng), np.float64)
   ramp = np.linspace(0, 1, height)[:, None, None]
   image = np.ascontiguousarray(np.broadcast_to(top * (1 - ramp) + bottom * ramp, (height, width, 3)).astype(np.uint8))
-  for _ in range(int(rng.integers(2, 6))):
+  for _ in range(int(rng.integers(0, 3))):
     colour = tuple(int(c) for c in (0.5 * np.array(_colour(rng)) + 0.5 * top))
     x, y = int(rng.integers(0, width)), int(rng.integers(0, height))
-    size = int(rng.integers(max(width, height) // 16, max(width, height) // 4 + 1))
+    size = int(rng.integers(max(width, height) // 4, max(width, height) // 2 + 1))
     if rng.random() < 0.5:
       cv2.rectangle(image, (x, y), (x + size, y + size // 2), colour, cv2.FILLED)
     else:
@@ -168,15 +174,15 @@ def render(who: Identity, points: np.ndarray, head: np.ndarray, radius: float, b
   p = lambda i: tuple(int(round(v * s)) for v in points[i])
   thick = lambda f: max(1, int(round(f * radius * s)))
   for hip_i in (8, 11):                                     # legs
-    cv2.line(canvas, p(hip_i), p(hip_i + 1), who.trousers, thick(0.55))
-    cv2.line(canvas, p(hip_i + 1), p(hip_i + 2), who.trousers, thick(0.45))
+    cv2.line(canvas, p(hip_i), p(hip_i + 1), who.trousers, thick(0.8))
+    cv2.line(canvas, p(hip_i + 1), p(hip_i + 2), who.trousers, thick(0.7))
   torso = np.array([p(2), p(5), p(11), p(8)], np.int32)
   cv2.fillConvexPoly(canvas, torso, who.shirt)
   cv2.line(canvas, p(1), tuple((np.array(p(8)) + p(11)) // 2), who.shirt, thick(1.0))
   for shoulder_i in (2, 5):                                 # arms: sleeve, forearm, hand
-    cv2.line(canvas, p(shoulder_i), p(shoulder_i + 1), who.shirt, thick(0.45))
-    cv2.line(canvas, p(shoulder_i + 1), p(shoulder_i + 2), who.skin, thick(0.35))
-    cv2.circle(canvas, p(shoulder_i + 2), thick(0.3), who.skin, cv2.FILLED)
+    cv2.line(canvas, p(shoulder_i), p(shoulder_i + 1), who.shirt, thick(0.7))
+    cv2.line(canvas, p(shoulder_i + 1), p(shoulder_i + 2), who.skin, thick(0.55))
+    cv2.circle(canvas, p(shoulder_i + 2), thick(0.35), who.skin, cv2.FILLED)
   centre, r = tuple(int(round(v * s)) for v in head), int(round(radius * s))
   cv2.line(canvas, p(1), centre, who.skin, thick(0.5))     # neck
   cv2.circle(canvas, centre, r, who.skin, cv2.FILLED)

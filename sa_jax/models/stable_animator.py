@@ -108,6 +108,9 @@ class ModelConfigs:
     if self.pose_net.noise_latent_channels != u.block_out_channels[0]:
       problems.append(f'pose_net.noise_latent_channels {self.pose_net.noise_latent_channels} != '
                       f'unet.block_out_channels[0] {u.block_out_channels[0]}')
+    if self.pose_net.spatial_factor != self.vae.spatial_factor:
+      problems.append(f'pose_net.spatial_factor {self.pose_net.spatial_factor} != vae.spatial_factor '
+                      f'{self.vae.spatial_factor} (the pose features are added to the latents)')
     if f.cross_attention_dim != u.cross_attention_dim:
       problems.append(f'face_encoder.cross_attention_dim {f.cross_attention_dim} != '
                       f'unet.cross_attention_dim {u.cross_attention_dim}')

@@ -56,8 +56,25 @@ def test_rejects_wrong_channels(tiny):
 def test_from_dict_rejects_unknown_keys():
   assert pose_net.PoseNetConfig.from_dict({'noise_latent_channels': 320}) == pose_net.PoseNetConfig(320)
   with pytest.raises(ValueError, match=r"unknown keys \['noise_latent_channel'\]; allowed keys are "
-                     r"\['noise_latent_channels'\]"):
+                     r"\['noise_latent_channels', 'spatial_factor'\]"):
     pose_net.PoseNetConfig.from_dict({'noise_latent_channel': 320})
+  with pytest.raises(ValueError, match='spatial_factor 16; expected one of'):
+    pose_net.PoseNetConfig.from_dict({'spatial_factor': 16})
+
+
+@pytest.mark.parametrize('factor', pose_net.SPATIAL_FACTORS)
+def test_spatial_factor_keeps_that_many_strided_layers(factor):
+  """A smaller factor (a VAE of fewer levels) turns the last strided 4x4 convolutions into 3x3
+  stride-1 ones: the output is H / factor, and the release's names stay."""
+  config = pose_net.PoseNetConfig(noise_latent_channels=8, spatial_factor=factor)
+  params = random_params(pose_net.abstract_params(config))
+  out = pose_net.PoseNet(config).apply({'params': params}, np.zeros((2, 32, 16, 3), np.float32))
+  assert out.shape == (2, 32 // factor, 16 // factor, 8)
+  release = nn.unbox(pose_net.abstract_params(pose_net.PoseNetConfig(8)))
+  assert set(params) == set(release)
+  kernels = {name: params[name]['kernel'].shape[0] for name in params if name.startswith('conv_layers')}
+  strided = ['conv_layers_2', 'conv_layers_6', 'conv_layers_10'][:factor.bit_length() - 1]
+  assert {name for name, size in kernels.items() if size == 4} == set(strided)
 
 
 def test_full_size_parameter_count():

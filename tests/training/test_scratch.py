@@ -112,14 +112,15 @@ def test_init_model_trains_the_vae_and_keeps_the_face_embedder(dataset, tmp_path
   # have unit variance once scaled by the measured factor.
   frames = scratch.read_clip_frames(sorted((root / 'train').iterdir()), FRAMES)[:2]        # [2, F, H, W, 3]
   initial = autoencoder.initial_params(config.models.vae, jax.random.split(jax.random.key(0))[0], (SIZE, SIZE))
-  # It started with every residual branch at zero. The demo's one resnet per level: encoder 4 + 2 mid
-  # resnets + the mid attention; decoder 2 per level and 1 mid, each spatial + temporal (with one layer
-  # its mid block has no attention).
+  # It started with every residual branch at zero. The demo's one resnet per level: encoder one per
+  # level + 2 mid resnets + the mid attention; decoder 2 per level and 1 mid, each spatial + temporal
+  # (with one layer its mid block has no attention).
   assert config.models.vae.layers_per_block == 1
   kernels = {p: v for p, v in traverse_util.flatten_dict(initial).items() if p[-1] == 'kernel'}
   zero = {p for p, v in kernels.items() if not np.any(v)}
   assert zero == {p for p in kernels if p[-2] in autoencoder.RESIDUAL_OUTPUTS}
-  assert len(zero) == (4 + 2 + 1) + (4 * 2 + 1) * 2
+  levels = len(demo.vae.block_out_channels)
+  assert len(zero) == (levels + 2 + 1) + (levels * 2 + 1) * 2
   # Its last layer passed each frame through unchanged: every frame's colours its own.
   frame_mix = np.asarray(initial['decoder']['time_conv_out']['kernel'])[:, 0, 0]       # [3, C, C]
   np.testing.assert_array_equal(frame_mix, np.stack([np.zeros((3, 3)), np.eye(3), np.zeros((3, 3))]))
