@@ -31,7 +31,7 @@ def model():
       vae=dict(block_out_channels=[32, 32], layers_per_block=1),
       image_encoder=dict(hidden_size=32, intermediate_size=32, num_hidden_layers=1, num_attention_heads=1,
                          patch_size=32, projection_dim=32),
-      pose_net=dict(noise_latent_channels=32),
+      pose_net=dict(noise_latent_channels=32, spatial_factor=2),
       face_encoder=dict(cross_attention_dim=32, clip_embeddings_dim=32, heads=1, perceiver_depth=1),
       face_embedder=dict(layers=[1, 1, 1, 1], num_features=16)))
   params = {'unet': random_init.random_params(unet.abstract_params(configs.unet), 1),
