@@ -28,7 +28,7 @@ Demo (`configs/train.py:demo`): the demo model (`configs/svd_xt.py:demo`) traine
 checkpoint that `sa-init-model` writes (docs/training.md, "Training from scratch"):
 
   sa-make-dataset data/ --clips 256 --eval-clips 16 --size 64
-  sa-init-model --clips data/train --face-embedder data/face_embedder.npz --out runs/init --vae-steps 2400
+  sa-init-model --clips data/train --face-embedder data/face_embedder.npz --out runs/init --vae-steps 2500
   sa-train --config configs/train.py:demo --init runs/init --workdir runs/demo --config.data.roots=data/train
   sa-train --workdir runs/demo --export_checkpoint runs/demo/model --ema --export_dtype bfloat16
 

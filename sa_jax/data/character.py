@@ -6,11 +6,11 @@ frame with joint angles that swing on their own sine waves; a clip renders one i
 one motion in front of a background of its own. Identities, motions and backgrounds are each drawn
 from `np.random.default_rng([seed, kind, index])`, so a dataset is a function of its arguments.
 
-The figure is drawn for an autoencoder that keeps one latent per 8x8 pixels (the demo's VAE, at 64x64
-frames): it fills most of the frame's height, its limbs are about half a latent wide and the head
-about a latent across, and the background is a smooth gradient with at most two large soft shapes.
-Thinner limbs (two pixels) and busier backgrounds cost the VAE its capacity: trained as long, its
-reconstructions kept the colours and lost the limbs (docs/training.md).
+The figure is drawn for the demo's autoencoder (a latent per 4x4 pixels): at 64x64 it fills most of
+the frame's height, its limbs are 3 to 4 pixels wide, its head about 10 across, and the background is
+a smooth gradient with at most two large shapes. With limbs of 2 pixels, busier backgrounds and a
+latent per 8x8 pixels, the VAE trained in the same time kept the colours and lost the limbs
+(docs/training.md).
 
 Each clip is written as `sa-prep --no-align` writes training data: `images/`, `poses/` (the skeleton
 of each frame drawn by `sa_jax.prep.skeleton`, the code sa-prep draws with, from the OpenPose-18 body
