@@ -35,8 +35,8 @@ checkpoint that `sa-init-model` writes (docs/training.md, "Training from scratch
   Not yet the shipped demo. On this 2-core CPU (beside other jobs): the dataset 22 min; sa-init-model
   23 min, its VAE (a latent per 4x4 pixels) at L1 0.062 on [-1, 1] pixels of held-out frames, the
   figure and its limbs drawn; the UNet about 45 min alone, loss 1.32 -> 0.37. Its videos of held-out
-  clips after 2000 steps show each character in its colours, blurred, following the poses roughly:
-  PSNR 16.7 against 8.8 for the initialisation, pose error 4.1 px against 6.0 (docs/training.md).
+  clips show each character in its colours, blurred, following the poses roughly: PSNR 16.5
+  against 8.8 for the initialisation, pose error 4.1 px against 6.0 (docs/training.md).
 
 Any field can be overridden with `--config.<section>.<field>=value`; unknown fields are refused.
 """
