@@ -3,9 +3,11 @@
 Mirrors StableAnimator `animation/modules/pose_net.py: PoseNet`. Eight convolutions, each followed by
 SiLU, bring `[H, W, 3]` down to `[H/8, W/8, 128]` (three 4x4 stride-2 convolutions with symmetric
 padding 1, SPEC §7.2); a 1x1 `final_proj` gives the UNet's first-block width and the result is
-multiplied by the learned scalar `scale`. A model whose VAE has fewer levels (the demo's: 4 pixels per
-latent) sets `spatial_factor`: the stride-2 convolutions beyond it become 3x3 stride-1 ones. Parameter names match the torch state dict:
+multiplied by the learned scalar `scale`. Parameter names match the torch state dict:
 `conv_layers_{0,2,...,14}` (torch `conv_layers.N`), `final_proj`, and the top-level `scale`.
+
+A model whose VAE has fewer levels (the demo's: 4 pixels per latent) sets `spatial_factor`: the
+stride-2 convolutions beyond it become 3x3 stride-1 ones, under the same names.
 """
 
 import dataclasses
