@@ -8,19 +8,20 @@ data. Full size: 1,550,182,122 UNet parameters including the ID adapter (SPEC §
   get_config()        the release (SVD-xt, ViT-H/14, PoseNet(320), FusionFaceId, IResNet-100)
   get_config('tiny')  small widths for tests (runs in seconds on a CPU)
   get_config('demo')  a small model trained from scratch on sa-make-dataset characters (64x64;
-                      configs/train.py:demo): UNet 32/64/64/64, VAE 32/64/64 (three levels: 4
-                      pixels per latent, PoseNet likewise; 8 GroupNorm groups), IResNet 16/32/64/64
+                      configs/train.py:demo): UNet 32/64/64/64 (one resnet per down level), VAE
+                      32/64/64 (three levels: 4 pixels per latent, PoseNet likewise; 8 GroupNorm
+                      groups), IResNet 16/32/64/16
 """
 
 import ml_collections
 
 
-def _unet(channels, heads, cross_attention_dim, time_dim):
+def _unet(channels, heads, cross_attention_dim, time_dim, layers_per_block=2):
   return dict(
       in_channels=8, out_channels=4,
       down_block_types=['CrossAttnDownBlockSpatioTemporal'] * 3 + ['DownBlockSpatioTemporal'],
       up_block_types=['UpBlockSpatioTemporal'] + ['CrossAttnUpBlockSpatioTemporal'] * 3,
-      block_out_channels=channels, num_attention_heads=heads, layers_per_block=2,
+      block_out_channels=channels, num_attention_heads=heads, layers_per_block=layers_per_block,
       transformer_layers_per_block=1, cross_attention_dim=cross_attention_dim,
       addition_time_embed_dim=time_dim, projection_class_embeddings_input_dim=3 * time_dim,
       num_frames=25, num_face_tokens=4)
@@ -65,7 +66,9 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
     )
   elif variant == 'demo':
     sections = dict(
-        unet=_unet([32, 64, 64, 64], [1, 2, 2, 2], 128, 32),
+        # One resnet (and transformer) per down level, two per up level: 4.2M parameters (6.4M with
+        # two per level), its forward and backward in about half the time (docs/training.md)
+        unet=_unet([32, 64, 64, 64], [1, 2, 2, 2], 128, 32, layers_per_block=1),
         # Three levels: a latent per 4x4 pixels (the release: 8x8), which keeps the 64x64 figure's
         # limbs; 8 GroupNorm groups: 4 to 8 channels per group, as the release's 4 to 16 (VAEConfig);
         # one resnet per level (two in the decoder): trained from scratch it learns faster
@@ -74,7 +77,9 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
         image_encoder=_clip(64, 128, 2, 2, 32, 128),
         pose_net=dict(noise_latent_channels=32, spatial_factor=4),
         face_encoder=_face_encoder(128, 2),
-        face_embedder=dict(layers=[1, 1, 1, 1], num_features=512, widths=[16, 32, 64, 64]),
+        # a 16-channel last stage: its 7x7 map feeds a 784 x 512 fc (with 64 channels 3136 x 512, 3 of
+        # the embedder's 3.5 MB in bfloat16)
+        face_embedder=dict(layers=[1, 1, 1, 1], num_features=512, widths=[16, 32, 64, 16]),
     )
   else:
     raise ValueError(f"unknown variant {variant!r}; expected '', 'tiny' or 'demo'")

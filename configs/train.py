@@ -23,20 +23,23 @@ Tiny (`configs/train.py:tiny`): the tiny model with seeded random weights on syn
   Measured on the 2-core CI machine (docs/training.md): 5.5 steps/s after a ~100 s compile; the
   loss (means of 50 steps) falls from 0.72 to about 0.55 over the 600 steps, 3 min 50 s in all.
 
-Demo (`configs/train.py:demo`): the demo model (`configs/svd_xt.py:demo`) trained from scratch
-(`trained='all'`) on `sa-make-dataset` characters at 64x64, 12 of each clip's 16 frames, from the
-checkpoint that `sa-init-model` writes (docs/training.md, "Training from scratch"):
+Demo (`configs/train.py:demo`): the shipped demo model (`sa_jax/assets/demo_model`,
+`configs/svd_xt.py:demo`) trained from scratch (`trained='all'`) on `sa-make-dataset` characters at
+64x64, 12 of each clip's 16 frames, from the checkpoint that `sa-init-model` writes (docs/training.md,
+"Training from scratch"). Exactly these commands made it:
 
   sa-make-dataset data/ --clips 256 --eval-clips 16 --size 64
   sa-init-model --clips data/train --face-embedder data/face_embedder.npz --out runs/init --vae-steps 2500
   sa-train --config configs/train.py:demo --init runs/init --workdir runs/demo --config.data.roots=data/train
   sa-train --workdir runs/demo --export_checkpoint runs/demo/model --ema --export_dtype bfloat16
 
-  Not yet the shipped demo. On this 2-core CPU (beside other jobs): the dataset 22 min; sa-init-model
-  23 min, its VAE (a latent per 4x4 pixels) at L1 0.062 on [-1, 1] pixels of held-out frames, the
-  figure and its limbs drawn; the UNet about 45 min alone, loss 1.32 -> 0.37. Its videos of held-out
-  clips show each character in its colours, blurred, following the poses roughly: PSNR 16.5
-  against 8.8 for the initialisation, pose error 4.1 px against 6.0 (docs/training.md).
+  On this 2-core CPU: the dataset 60 min (its keypoint estimator for sa-eval is most of it), with
+  sa-init-model beside it, 49 min (VAE: L1 0.059 on its last batch of [-1, 1] pixels); the UNet
+  55 min beside test runs (about 38 alone: 1.03 s a step, compile 4 min), loss (means of 50 steps)
+  1.25 at 50, 0.94 at 200, 0.71 at 500, 0.51 at 1000, 0.47 at 1500, 0.43 at 2000. The cosine
+  decays over 3300 steps and the run stops at 2000, within the hour. On the 16 held-out clips
+  (sa-eval, 10 steps): PSNR 16.66 against 8.90 for its initialisation, pose error 4.12 px against
+  6.57 (README, "The demo model").
 
 Any field can be overridden with `--config.<section>.<field>=value`; unknown fields are refused.
 """
@@ -134,11 +137,11 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
 def _demo(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The bundled demo model (`configs/svd_xt.py:demo`) trained from scratch on `sa-make-dataset` clips."""
   config.trained = 'all'
-  config.num_steps = 2500
+  config.num_steps = 2000
   config.ema_decay = 0.998
   config.model.tiny = False
   config.data.update(num_frames=12, stride=1)     # sa-make-dataset's 16-frame clips keep 4 for the reference
-  config.optimizer.update(learning_rate=5e-4, schedule='cosine', warmup_steps=200, decay_steps=2300,
+  config.optimizer.update(learning_rate=5e-4, schedule='cosine', warmup_steps=200, decay_steps=3300,
                           max_grad_norm=1.0)
   config.checkpoint.every = 500
   return config

@@ -39,6 +39,8 @@ from sa_jax.sampling import hjb, pipeline, sampler
 logger = logging.getLogger(__name__)
 
 SAMPLE_DIR = Path(__file__).resolve().parent / 'assets' / 'sample'
+# The demo model (configs/svd_xt.py:demo trained by configs/train.py:demo): what runs without a checkpoint
+DEMO_MODEL = Path(__file__).resolve().parent / 'assets' / 'demo_model'
 RESOLUTION_MULTIPLE = 64
 TINY_SEED = 0
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
@@ -225,20 +227,18 @@ def check_params(params: Mapping[str, Any], models: ModelConfigs, folder: Path |
 
 
 def tiny_config() -> CheckpointConfig:
-  """The config of the tiny model with random weights (sa-animate's demo without a checkpoint, tests,
-  benchmarks, `sa-train` without a model)."""
+  """The config of the tiny model with random weights (tests, benchmarks, `sa-train` without a model)."""
   from configs import svd_xt
   return CheckpointConfig(models=ModelConfigs.from_dict(svd_xt.get_config('tiny').to_dict()),
                           scheduler=diffusion.ScheduleConfig(), source='tiny config, random weights')
 
 
-def tiny_model(folder: Path | None = None) -> tuple[dict[str, Any], CheckpointConfig]:
-  """The tiny config with seeded random weights (not a trained model); its parameter shapes kept
-  in `folder` (`abstract_parameters`)."""
+def tiny_model() -> tuple[dict[str, Any], CheckpointConfig]:
+  """The tiny config with seeded random weights (not a trained model)."""
   config = tiny_config()
   models = config.models
   params = {name: random_init.random_params(
-      traverse_util.unflatten_dict(abstract_parameters(name, getattr(models, name), folder), sep='/'),
+      traverse_util.unflatten_dict(abstract_parameters(name, getattr(models, name)), sep='/'),
       TINY_SEED + i) for i, name in enumerate(models.names)}
   return params, config
 
@@ -337,10 +337,9 @@ def check_run(run: Any) -> None:
 
 
 def check_checkpoint(checkpoint_dir: str | os.PathLike | None, run: Any) -> CheckpointConfig:
-  """The config of the model a run will use (the demo's, the tiny model, without `checkpoint_dir`),
+  """The config of the model a run will use (the bundled demo model without `checkpoint_dir`),
   checked against the run before any parameter is read."""
-  if checkpoint_dir is None:
-    return tiny_config()
+  checkpoint_dir = DEMO_MODEL if checkpoint_dir is None else checkpoint_dir
   config = checkpoint.load_config(checkpoint_dir)
   if run.hjb.enabled and config.models.face_embedder is None:
     raise ValueError(f'the HJB face correction needs the face embedder, which {checkpoint_dir} lacks: convert '
@@ -453,13 +452,15 @@ def output_targets(out: str | os.PathLike) -> list[Path]:
 
 
 _FRAME_FILE = re.compile(r'frame_\d+\.png')
-MP4_COMMENT = f'written by sa-animate ({outputs.SIGNATURE})'
+TOOL = 'sa-animate'
+MP4_COMMENT = f'written by {TOOL} ({outputs.SIGNATURE})'
 _MP4_TAIL_BYTES = 1 << 22   # the moov box of even a long clip (its sample tables) fits
 
 
 def _is_output(target: Path) -> bool:
   """Whether an existing output path is one `write_outputs` wrote: an .mp4 or .gif file carrying
-  its comment, or a `_frames/` folder of signed `frame_<i>.png` files only."""
+  its comment, or a `_frames/` folder of `frame_<i>.png` files only, each signed as sa-animate's (the
+  pose frames sa-prep and sa-make-dataset write carry sa-jax's signature without that name)."""
   if target.is_symlink():
     return False
   if target.suffix.lower() == '.mp4':
@@ -470,7 +471,7 @@ def _is_output(target: Path) -> bool:
         return image.format == 'GIF' and image.info.get('comment') == outputs.SIGNATURE.encode()
     except (OSError, ValueError):
       return False
-  return target.is_dir() and all(p.is_file() and _FRAME_FILE.fullmatch(p.name) and frame_io.is_signed(p)
+  return target.is_dir() and all(p.is_file() and _FRAME_FILE.fullmatch(p.name) and frame_io.is_signed(p, TOOL)
                                  for p in target.iterdir())
 
 
@@ -528,7 +529,7 @@ def write_outputs(frames: np.ndarray, out: str | os.PathLike, fps: int, overwrit
                    duration=round(1000 / fps), loop=0, comment=outputs.SIGNATURE)
     (staging / targets[2].name).mkdir()
     for i, frame in enumerate(frames):
-      frame_io.save_rgb(staging / targets[2].name / f'frame_{i}.png', frame)
+      frame_io.save_rgb(staging / targets[2].name / f'frame_{i}.png', frame, writer=TOOL)
     check_outputs([out], overwrite, inputs)
     outputs.commit([(staging / target.name, target) for target in targets])
   finally:
@@ -539,11 +540,9 @@ def write_outputs(frames: np.ndarray, out: str | os.PathLike, fps: int, overwrit
 def load_model_for(checkpoint_dir: str | os.PathLike | None, run: Any, mesh: Mesh | None = None
                    ) -> tuple[dict[str, Any], CheckpointConfig]:
   """The parameters a run needs (the face embedder only for HJB), read once in the run's dtype and,
-  with a mesh, straight into their shardings; the demo (the tiny model) without `checkpoint_dir`."""
+  with a mesh, straight into their shardings; the bundled demo model without `checkpoint_dir`."""
   names = pipeline.NEEDS + (('face_embedder',) if run.hjb.enabled else ())
-  if checkpoint_dir is None:
-    params, config = tiny_model(program_folder(run))
-    return {n: params[n] for n in names}, config
+  checkpoint_dir = DEMO_MODEL if checkpoint_dir is None else checkpoint_dir
   config = check_checkpoint(checkpoint_dir, run)
   shardings = None
   if mesh is not None:

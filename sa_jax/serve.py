@@ -56,7 +56,7 @@ class Model:
     run: the run settings requests start from (`configs/animate.py`).
     dwpose_dir: the DWPose models for driving videos, or None.
     insightface_root: the antelopev2 models (face embeddings of videos and pose-frame zips), or None.
-    demo: whether this is the demo model (no checkpoint given: the tiny model with random weights).
+    demo: whether this is the bundled demo model (no checkpoint given).
   """
   params: Mapping[str, Any]
   config: CheckpointConfig

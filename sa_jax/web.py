@@ -115,8 +115,8 @@ def _header(model: serve.Model) -> str:
   lines = ['## sa-jax: StableAnimator', 'A reference photo and a pose sequence in, a video of that person '
            'performing the poses out. The first request of a size compiles the model (minutes on a CPU).']
   if model.demo:
-    lines.append('**Demo model**: the tiny config with random weights, so the video is noise. Start '
-                 '`sa-web --checkpoint DIR` with a converted release for real results.')
+    lines.append('**Demo model**: a small model trained on synthetic 64x64 characters; it animates them, '
+                 'not photos of people. Start `sa-web --checkpoint DIR` with a converted release for real people.')
   if not model.can_prepare:
     lines.append(f'**Driving videos are off**: {serve.NO_PREP}.')
   return '\n\n'.join(lines)

@@ -225,9 +225,8 @@ def animate_job(job: Job) -> list[int]:
   for index, err in job.failures.items():
     logger.error('%s: %s', _where(cases[index]), err)
   if job.checkpoint is None:
-    logger.info('no --checkpoint: using the DEMO model, the tiny config with seeded random weights. The '
-                'output shows the pipeline running, not a trained model; convert the release with '
-                'sa-convert for real results.')
+    logger.info('no --checkpoint: using the DEMO model (%s), trained on synthetic 64x64 characters; '
+                'convert the release with sa-convert for real people.', animate.DEMO_MODEL)
   cache = animate.enable_compile_cache(run.io.compile_cache, run.io.compile_cache_dir)
   if cache:
     logger.info('compilation cache: %s', cache)

@@ -71,7 +71,7 @@ def _main(argv: Sequence[str]) -> None:
   args, run = validate(argv)
   model = serve.load_model(args.checkpoint, run, args.dwpose_dir, args.insightface_root)
   if args.checkpoint is None:
-    logger.info('no --checkpoint: using the DEMO model (random weights: the videos are noise)')
+    logger.info('no --checkpoint: using the DEMO model (trained on synthetic 64x64 characters)')
   if args.host not in LOCAL_HOSTS:
     logger.warning('listening on %s: anyone who reaches this address can use the page (no login)', args.host)
   animate.enable_compile_cache(run.io.compile_cache, run.io.compile_cache_dir)

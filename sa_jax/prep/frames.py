@@ -21,6 +21,7 @@ from sa_jax import errors, outputs
 
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.webp')
 SOFTWARE = 'Software'   # the PNG text key of the signature of the frames sa-jax writes
+WRITER = 'Source'       # the PNG text key naming the tool, on the frames sa-animate writes
 EIGHT_BIT_MODES = ('1', 'L', 'LA', 'P', 'PA', 'RGB', 'RGBA', 'RGBX', 'CMYK', 'YCbCr')
 SIXTEEN_BIT_MODES = ('I;16', 'I;16L', 'I;16B', 'I;16N', 'I')  # grey; 'I' is 32-bit, accepted in 0..65535
 
@@ -91,17 +92,19 @@ def load_mask(path: str | os.PathLike) -> np.ndarray:
   return _load(path, 'L', 'mask')
 
 
-def _signed() -> PngImagePlugin.PngInfo:
+def _signed(writer: str | None = None) -> PngImagePlugin.PngInfo:
   info = PngImagePlugin.PngInfo()
   info.add_text(SOFTWARE, outputs.SIGNATURE)
+  if writer is not None:
+    info.add_text(WRITER, writer)
   return info
 
 
-def save_rgb(path: str | os.PathLike, image: np.ndarray) -> None:
-  """Writes RGB uint8 [H, W, 3] as PNG, signed (`is_signed`)."""
+def save_rgb(path: str | os.PathLike, image: np.ndarray, writer: str | None = None) -> None:
+  """Writes RGB uint8 [H, W, 3] as PNG, signed (`is_signed`), naming `writer` when given."""
   if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
     raise ValueError(f'image has shape {image.shape} and dtype {image.dtype}, expected uint8 [H, W, 3]')
-  Image.fromarray(image, 'RGB').save(path, pnginfo=_signed())
+  Image.fromarray(image, 'RGB').save(path, pnginfo=_signed(writer))
 
 
 def save_mask(path: str | os.PathLike, mask: np.ndarray) -> None:
@@ -111,12 +114,13 @@ def save_mask(path: str | os.PathLike, mask: np.ndarray) -> None:
   Image.fromarray(mask, 'L').save(path, pnginfo=_signed())
 
 
-def is_signed(path: str | os.PathLike) -> bool:
-  """Whether `path` is a PNG that `save_rgb`/`save_mask` wrote (its Software text chunk; only the
-  header is read)."""
+def is_signed(path: str | os.PathLike, writer: str | None = None) -> bool:
+  """Whether `path` is a PNG that `save_rgb`/`save_mask` wrote (its Software text chunk), for
+  `writer` by that tool; only the header is read."""
   try:
     with Image.open(path) as image:
-      return image.format == 'PNG' and image.info.get(SOFTWARE) == outputs.SIGNATURE
+      return (image.format == 'PNG' and image.info.get(SOFTWARE) == outputs.SIGNATURE
+              and (writer is None or image.info.get(WRITER) == writer))
   except (OSError, ValueError):
     return False
 

@@ -18,6 +18,7 @@ from tools import animate as animate_tool
 
 SAMPLE = animate.SAMPLE_DIR
 FRAMES = len(list((SAMPLE / 'poses').glob('*.png')))
+WIDTH, HEIGHT = Image.open(SAMPLE / 'reference.png').size
 
 
 def _check_outputs(out, frames, size):
@@ -168,12 +169,13 @@ def _mask(path, fill=None, size=None):
 
 @pytest.mark.parametrize('change, options, message', [
     (None, dict(width=100, height=128), 'not a multiple of 64'),
-    (lambda c: (c / 'faces' / 'frame_4.png').unlink(), dict(hjb=True), '4 face masks .* but 5 poses'),
-    (lambda c: _mask(c / 'faces' / 'frame_2.png', size=(32, 64)), dict(hjb=True),
-     'frame_2.png is 32x64; masks must be at the generation size 64x128'),
+    (lambda c: (c / 'faces' / f'frame_{FRAMES - 1}.png').unlink(), dict(hjb=True),
+     f'{FRAMES - 1} face masks .* but {FRAMES} poses'),
+    (lambda c: _mask(c / 'faces' / 'frame_2.png', size=(32, 48)), dict(hjb=True),
+     f'frame_2.png is 32x48; masks must be at the generation size {WIDTH}x{HEIGHT}'),
     (lambda c: _mask(c / 'faces' / 'frame_3.png', fill=0), dict(hjb=True), 'frame_3.png: no face pixel'),
-    (lambda c: _mask(c / 'reference_face_mask.png', size=(64, 64)), dict(hjb=True),
-     'reference face mask .* is 64x64, the reference image 64x128'),
+    (lambda c: _mask(c / 'reference_face_mask.png', size=(32, 48)), dict(hjb=True),
+     f'reference face mask .* is 32x48, the reference image {WIDTH}x{HEIGHT}'),
     (lambda c: (c / 'faces').rename(c / 'elsewhere'), dict(hjb=True), 'needs per-frame face masks'),
     (lambda c: np.save(c / 'face_embedding.npy', np.zeros(10)), {}, 'has 10 values, the face encoder needs 512'),
     (lambda c: (c / 'face_embedding.npy').unlink(), {}, 'no face embedding'),

@@ -179,6 +179,8 @@ CONVERT = [
 ]
 
 ANIMATE_OUT = ('--out', '{tmp}/out.mp4', '--no-compile-cache')
+SAMPLE_FRAMES = len(list((animate.SAMPLE_DIR / 'poses').glob('*.png')))
+SAMPLE_WIDTH, SAMPLE_HEIGHT = Image.open(animate.SAMPLE_DIR / 'reference.png').size
 ANIMATE = [
     Case('animate', ('--input', '{tmp}/nowhere', *ANIMATE_OUT), r'input folder not found: {tmp}/nowhere$'),
     Case('animate', ('--input', '{tmp}/empty', *ANIMATE_OUT), r'{tmp}/empty is neither a case folder',
@@ -203,7 +205,8 @@ ANIMATE = [
          setup=lambda p: np.save(p['K'] / 'face_embedding.npy', np.zeros(10, np.float32))),
     Case('animate', ('--input', '{K}', *ANIMATE_OUT), r'{K}/face_embedding.npy: face embedding has dtype complex64',
          setup=lambda p: np.save(p['K'] / 'face_embedding.npy', np.zeros(512, np.complex64))),
-    Case('animate', ('--input', '{K}', '--num-frames', '99', *ANIMATE_OUT), r'num_frames 99 but {K}/poses holds 5'),
+    Case('animate', ('--input', '{K}', '--num-frames', '99', *ANIMATE_OUT),
+         rf'num_frames 99 but {{K}}/poses holds {SAMPLE_FRAMES}'),
     Case('animate', ('--input', '{K}', '--width', '100', '--height', '128', *ANIMATE_OUT),
          r'resolution 100x128 is not a multiple of 64'),
     Case('animate', ('--input', '{K}', '--width', '-64', *ANIMATE_OUT), r'io.width is -64; expected >= 0'),
@@ -226,11 +229,13 @@ ANIMATE = [
          r'hjb.start 4 but only 4 steps'),
     Case('animate', ('--input', '{K}', '--hjb', *ANIMATE_OUT), r'HJB face correction needs per-frame face masks',
          setup=lambda p: shutil.rmtree(p['K'] / 'faces')),
-    Case('animate', ('--input', '{K}', '--hjb', *ANIMATE_OUT), r'4 face masks in {K}/faces but 5 poses',
-         setup=lambda p: (p['K'] / 'faces' / 'frame_4.png').unlink()),
-    Case('animate', ('--input', '{K}', '--hjb', '--width', '64', '--height', '128', *ANIMATE_OUT),
-         r'{K}/faces/frame_3.png: no face pixel',
-         setup=lambda p: _png(p['K'] / 'faces' / 'frame_3.png', np.zeros((128, 64), np.uint8))),
+    Case('animate', ('--input', '{K}', '--hjb', *ANIMATE_OUT),
+         rf'{SAMPLE_FRAMES - 1} face masks in {{K}}/faces but {SAMPLE_FRAMES} poses',
+         setup=lambda p: (p['K'] / 'faces' / f'frame_{SAMPLE_FRAMES - 1}.png').unlink()),
+    Case('animate', ('--input', '{K}', '--hjb', '--width', str(SAMPLE_WIDTH), '--height', str(SAMPLE_HEIGHT),
+                     *ANIMATE_OUT), r'{K}/faces/frame_3.png: no face pixel',
+         setup=lambda p: _png(p['K'] / 'faces' / 'frame_3.png',
+                              np.zeros((SAMPLE_HEIGHT, SAMPLE_WIDTH), np.uint8))),
     Case('animate', ('--input', '{K}', '--out', '{tmp}/out.gif'), r'--out {tmp}/out.gif: sa-animate writes .mp4'),
     Case('animate', ('--input', '{K}', *ANIMATE_OUT), r'outputs exist: {tmp}/out.mp4; pass --overwrite',
          setup=lambda p: _write(p['tmp'] / 'out.mp4', b'mine')),

@@ -1,7 +1,7 @@
 """sa-web: the request handler on the demo model, the Gradio app through gradio_client, and the page
 in a real headless Chromium. Every request goes to 127.0.0.1.
 
-The demo model animates the bundled sample at its own size (64x128, 5 frames) in 2 steps, as
+The demo model animates the bundled sample at its own size (64x64, 16 frames) in 2 steps, as
 tests/tools/test_animate.py does; all tests here share one compiled program (sa-web reports each
 step from the sampler, a program JAX's persistent cache does not keep, so it compiles once here).
 """
@@ -27,8 +27,8 @@ from tests.prep.conftest import RED, VIDEO_COLOURS, write_video
 from tools import web as web_tool
 
 SAMPLE = animate.SAMPLE_DIR
-FRAMES = 5
-SIZE = Image.open(SAMPLE / 'reference.png').size      # (64, 128)
+FRAMES = len(list((SAMPLE / 'poses').glob('*.png')))
+SIZE = Image.open(SAMPLE / 'reference.png').size
 OPTIONS = dict(steps=2)                                # at the sample's own size, sa-web's demo default
 BACKEND_COMPILE = '/jax/core/compile/backend_compile_duration'
 
@@ -108,7 +108,8 @@ POSE = (SAMPLE / 'poses' / 'frame_0.png').read_bytes()
     (lambda u: dict(), 'give a driving video or a zip of poses'),
     (lambda u: dict(video=u / 'sample.zip'), 'started without --dwpose-dir and --insightface-root'),
     (lambda u: dict(poses_zip=u / 'sample.zip', options=dict(steps=0)), r'sampler.num_steps is 0; expected >= 1'),
-    (lambda u: dict(poses_zip=u / 'sample.zip', options=dict(width=100)), 'resolution 100x128 is not a multiple of 64'),
+    (lambda u: dict(poses_zip=u / 'sample.zip', options=dict(width=100)),
+     f'resolution 100x{SIZE[1]} is not a multiple of 64'),
     (lambda u: dict(poses_zip=u / 'sample.zip', options=dict(steps=2.5)), 'steps is 2.5; expected a whole number'),
 ], ids=['zip-slip', 'absolute-entry', 'symlink-entry', 'not-a-zip', 'no-poses', 'no-embedding',
         'reference-not-an-image', 'outside-uploads', 'both', 'neither', 'video-without-models', 'bad-steps',
@@ -145,14 +146,15 @@ def test_driving_video_runs_the_prep_steps(model, tmp_path):
   uploads = tmp_path / 'uploads'
   uploads.mkdir()
   Image.fromarray(np.full((SIZE[1], SIZE[0], 3), RED, np.uint8)).save(uploads / 'photo.png')
-  write_video(uploads / 'drive.mp4', VIDEO_COLOURS, size=SIZE)
+  # as many frames as the sample's: the same compiled program
+  write_video(uploads / 'drive.mp4', (VIDEO_COLOURS * FRAMES)[:FRAMES], size=SIZE)
   with_models = serve.Model(model.params, model.config, model.run, tmp_path / 'DWPose', tmp_path / 'insightface')
   work = tmp_path / 'request'
   work.mkdir()
   result = serve.handle(with_models, work, uploads / 'photo.png', video=uploads / 'drive.mp4', options=OPTIONS,
                         uploads=uploads)
   assert _video(result.video) == (FRAMES, SIZE)
-  assert sorted(p.name for p in (work / 'case' / 'poses').iterdir()) == [f'frame_{i}.png' for i in range(FRAMES)]
+  assert {p.name for p in (work / 'case' / 'poses').iterdir()} == {f'frame_{i}.png' for i in range(FRAMES)}
 
 
 @pytest.mark.parametrize('argv, message', [
