@@ -32,6 +32,7 @@ from sa_jax.data import clips, synthetic
 from sa_jax.models.stable_animator import ModelConfigs
 from sa_jax.training import optimizer, trainer
 from sa_jax.training import step as step_lib
+from tests import conftest
 from tools import train as train_tool
 
 REPO = Path(__file__).resolve().parents[2]
@@ -179,7 +180,7 @@ def _command(workdir, init_dir, clip_root, *extra):
 
 
 def _env(cache, devices):
-  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices} {conftest.TEST_XLA_FLAGS}',
              XDG_CACHE_HOME=str(cache), PYTHONPATH=str(REPO))
   return env
 
