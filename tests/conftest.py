@@ -18,9 +18,12 @@ from tests.parity import reference
 # elementwise loops, which these sizes barely run. No operation changes its semantics (there is no
 # fast-math); a fused multiply-add may round differently, far inside every float32 tolerance.
 # Production runs keep XLA's default.
-TEST_XLA_FLAGS = '--xla_backend_optimization_level=0'
-os.environ['XLA_FLAGS'] = ' '.join(
-    [os.environ.get('XLA_FLAGS', ''), '--xla_force_host_platform_device_count=8', TEST_XLA_FLAGS]).strip()
+def xla_flags(devices: int) -> str:
+  """The XLA flags of the tests' processes: `devices` simulated CPU devices, LLVM level 0."""
+  return f'--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0'
+
+
+os.environ['XLA_FLAGS'] = ' '.join([os.environ.get('XLA_FLAGS', ''), xla_flags(8)]).strip()
 
 # A shell starts background jobs with SIGINT ignored, and the tools respect an ignored signal (so
 # do the child processes the tests start, which inherit it): the interrupt tests need it handled.

@@ -180,15 +180,17 @@ def _command(workdir, init_dir, clip_root, *extra):
 
 
 def _env(cache, devices):
-  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices} {conftest.TEST_XLA_FLAGS}',
-             XDG_CACHE_HOME=str(cache), PYTHONPATH=str(REPO))
+  env = dict(os.environ, XLA_FLAGS=conftest.xla_flags(devices), XDG_CACHE_HOME=str(cache), PYTHONPATH=str(REPO))
   return env
 
 
+def _metric_lines(workdir):
+  return [json.loads(line) for line in (Path(workdir) / 'metrics.jsonl').read_text().splitlines()]
+
+
 def _losses(workdir):
-  lines = [json.loads(line) for line in (Path(workdir) / 'metrics.jsonl').read_text().splitlines()]
   # The training steps' lines (a validation case with ground truth, as the sample, adds its scores at its step)
-  lines = [m for m in lines if 'loss' in m]
+  lines = [m for m in _metric_lines(workdir) if 'loss' in m]
   steps = [m['step'] for m in lines]
   assert len(set(steps)) == len(steps), f'metrics.jsonl repeats steps: {steps}'
   return {m['step']: {k: v for k, v in m.items() if k != 'steps_per_second'} for m in lines}
@@ -222,8 +224,7 @@ def test_run_writes_metrics_and_a_validation_video(uninterrupted):
   assert list((uninterrupted / 'tensorboard').iterdir()), 'no TensorBoard events'
   video = uninterrupted / 'validation' / f'step_{STEPS:06d}.mp4'
   assert video.is_file() and video.stat().st_size > 0
-  lines = [json.loads(line) for line in (uninterrupted / 'metrics.jsonl').read_text().splitlines()]
-  scores = [m for m in lines if 'validation/psnr' in m]
+  scores = [m for m in _metric_lines(uninterrupted) if 'validation/psnr' in m]
   assert [m['step'] for m in scores] == [STEPS] and np.isfinite(scores[0]['validation/psnr']), 'no validation scores'
 
 
