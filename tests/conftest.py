@@ -1,6 +1,6 @@
 """Test-session setup: 8 simulated CPU devices for the mesh tests and XLA's CPU backend at LLVM
 optimisation level 0 (both set before JAX starts, and inherited by the tools the tests run), SIGINT
-handled as in a terminal, the tools' compilation cache in the session's own folder, the golden
+handled as in a terminal, one compilation cache for the whole session, the golden
 weights laid out as the release and converted once per session, and the micro model
 (tests/micro_model.py) written once per session."""
 
@@ -31,11 +31,22 @@ signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope='session', autouse=True)
-def compile_cache_home(tmp_path_factory):
-  """$XDG_CACHE_HOME of the session's tools (their JAX compilation cache): one per test process,
-  so parallel workers never read each other's half-written entries and no run touches ~/.cache."""
-  home = tmp_path_factory.mktemp('xdg_cache')
+def compile_cache_home(tmp_path_factory, worker_id):
+  """$XDG_CACHE_HOME of the session: the tools' compilation cache and stored programs, and the JAX
+  compilation cache of the test processes themselves. One folder for both xdist workers and the
+  tools they start, so a program compiled once in the session is loaded everywhere else (the suite
+  compiles the same tiny models in many places); no run touches ~/.cache. A size limit turns on
+  JAX's file lock around each entry, so that no process reads another's half-written entry."""
+  shared = tmp_path_factory.getbasetemp()
+  if worker_id != 'master':
+    shared = shared.parent                   # the folder above every worker's own (pytest-xdist)
+  home = shared / 'xdg_cache'
+  home.mkdir(exist_ok=True)
   os.environ['XDG_CACHE_HOME'] = str(home)
+  import jax
+  from sa_jax import animate
+  jax.config.update('jax_compilation_cache_dir', str(animate.compile_cache_folder()))
+  jax.config.update('jax_compilation_cache_max_size', 2 ** 40)
   return home
 
 

@@ -115,14 +115,15 @@ def test_output_may_not_hold_an_input(tmp_path):
 def test_checkpoint_with_face_correction(checkpoint_dir, tmp_path):
   out = tmp_path / 'hjb.mp4'
   width, height = Image.open(SAMPLE / 'reference.png').size
-  # All frames in one decode chunk: the face-loss gradient then traces the decoder and the face
-  # embedder once, not again for a tail chunk (the tail is tested in tests/sampling/test_hjb.py and
-  # test_sampler.py).
+  # The sample's first 4 frames, all in one decode chunk: the face-loss gradient then traces the
+  # decoder and the face embedder once, not again for a tail chunk (the tail is tested in
+  # tests/sampling/test_hjb.py and test_sampler.py).
+  frames = 4
   animate_tool.main(['--checkpoint', str(checkpoint_dir), '--input', str(SAMPLE), '--out', str(out),
-                     '--width', str(width), '--height', str(height), '--steps', '2', '--hjb',
-                     '--hjb-start', '1', '--hjb-end', '1', '--hjb-iterations', '1',
-                     '--decode-chunk-size', str(FRAMES)])
-  _check_outputs(out, FRAMES, (width, height))
+                     '--width', str(width), '--height', str(height), '--num-frames', str(frames), '--steps', '2',
+                     '--hjb', '--hjb-start', '1', '--hjb-end', '1', '--hjb-iterations', '1',
+                     '--decode-chunk-size', str(frames)])
+  _check_outputs(out, frames, (width, height))
 
 
 @pytest.fixture
