@@ -13,7 +13,6 @@ import logging
 import os
 from typing import Any
 
-import flax.linen as nn
 import numpy as np
 
 from convert import state_dict as sd
@@ -77,7 +76,7 @@ def load_image_encoder(folder: str | os.PathLike, config: clip.CLIPVisionConfig 
   path = sd.find_weights(folder, 'model') if os.path.isdir(folder) else folder
   if config is None:
     config = read_config(os.path.dirname(path))
-  expected = nn.unbox(clip.abstract_params(config))
+  expected = sd.expected_params('image_encoder', config)
   return sd.convert(sd.load_state_dict(path), expected, KEYMAP, dtype=dtype, source=path)
 
 

@@ -11,7 +11,6 @@ import os
 from typing import Any
 
 import numpy as np
-from flax import linen as nn
 
 from convert import state_dict as sd_lib
 from sa_jax.models import face_encoder
@@ -25,7 +24,7 @@ KEYMAP = sd_lib.KeyMap(renames=(
 def load_face_encoder(path: str | os.PathLike, config: face_encoder.FaceEncoderConfig,
                       dtype: Any = np.float32) -> dict[str, Any]:
   """Reads `face_encoder.pth` into a FusionFaceId parameter tree of `dtype`, strictly."""
-  expected = nn.unbox(face_encoder.abstract_params(config))
+  expected = sd_lib.expected_params('face_encoder', config)
   return sd_lib.convert(sd_lib.load_state_dict(path), expected, KEYMAP, dtype, source=os.fspath(path))
 
 

@@ -9,7 +9,6 @@ import os
 from typing import Any
 
 import numpy as np
-from flax import linen as nn
 
 from convert import state_dict as sd_lib
 from sa_jax.models import iresnet
@@ -24,7 +23,7 @@ KEYMAP = sd_lib.KeyMap(
 def load_face_embedder(path: str | os.PathLike, config: iresnet.IResNetConfig,
                        dtype: Any = np.float32) -> dict[str, Any]:
   """Reads an IResNet `.pth` state dict into an IResNet parameter tree of `dtype`, strictly."""
-  expected = nn.unbox(iresnet.abstract_params(config))
+  expected = sd_lib.expected_params('face_embedder', config)
   return sd_lib.convert(sd_lib.load_state_dict(path), expected, KEYMAP, dtype, source=os.fspath(path))
 
 

@@ -11,7 +11,6 @@ import os
 import re
 from typing import Any
 
-import flax.linen as nn
 import numpy as np
 
 from convert import state_dict as sd
@@ -61,7 +60,7 @@ def load_unet(path: str | os.PathLike, config: unet.UNetConfig, dtype: Any = np.
   tensors = sd.load_state_dict(path)
   if path.endswith('.safetensors'):
     tensors = _add_id_adapter_copies(tensors)
-  expected = nn.unbox(unet.abstract_params(config))
+  expected = sd.expected_params('unet', config)
   return sd.convert(tensors, expected, KEYMAP, dtype=dtype, source=path)
 
 

@@ -12,7 +12,6 @@ import os
 import re
 from typing import Any
 
-import flax.linen as nn
 import numpy as np
 
 from convert import state_dict as sd
@@ -59,7 +58,7 @@ def load_vae(path: str | os.PathLike, config: vae.VAEConfig, dtype: Any = np.flo
   if os.path.isdir(path):
     path = sd.find_weights(path, 'diffusion_pytorch_model')
   tensors = rename_legacy_attention(sd.load_state_dict(path))
-  expected = nn.unbox(vae.abstract_params(config))
+  expected = sd.expected_params('vae', config)
   return sd.convert(tensors, expected, KEYMAP, dtype=dtype, source=path)
 
 
