@@ -35,8 +35,11 @@ def compile_cache_home(tmp_path_factory, worker_id):
   """$XDG_CACHE_HOME of the session: the tools' compilation cache and stored programs, and the JAX
   compilation cache of the test processes themselves. One folder for both xdist workers and the
   tools they start, so a program compiled once in the session is loaded everywhere else (the suite
-  compiles the same tiny models in many places); no run touches ~/.cache. A size limit turns on
-  JAX's file lock around each entry, so that no process reads another's half-written entry."""
+  compiles the same tiny models in many places); no run touches ~/.cache. Without a size limit (as
+  the tools run) JAX writes entries unlocked: an entry read while another process writes it fails
+  to load, and JAX warns and compiles it again. (A size limit would add a lock, but also an access
+  time file per entry that every later write reads, and a process killed between the two writes,
+  as the interrupt tests do, would stop every later write in the session.)"""
   shared = tmp_path_factory.getbasetemp()
   if worker_id != 'master':
     shared = shared.parent                   # the folder above every worker's own (pytest-xdist)
@@ -46,7 +49,6 @@ def compile_cache_home(tmp_path_factory, worker_id):
   import jax
   from sa_jax import animate
   jax.config.update('jax_compilation_cache_dir', str(animate.compile_cache_folder()))
-  jax.config.update('jax_compilation_cache_max_size', 2 ** 40)
   return home
 
 

@@ -157,18 +157,24 @@ def test_sharded_step_equals_one_device_and_fsdp_splits_the_state(init_dir, clip
   assert temp['context'] <= 1.1 * (grads + (temp['one'] - grads) / 2), (temp, grads)
 
   # A batch without a valid video, and one whose loss is not finite (a NaN face embedding), change
-  # nothing but the step count; the second reports it (the trainer then stops).
-  before = jax.device_get(one_state)
-  invalid = dict(batch, valid=np.zeros_like(batch['valid']))
-  poisoned = dict(batch, face_embedding=np.full_like(batch['face_embedding'], np.nan))
+  # nothing but the step count, on one device and on the mesh; the second reports it (the trainer
+  # then stops). Each call gets a copy of the state: the step donates it.
   invalid_videos = int(np.sum(~np.asarray(batch['valid'], bool)))    # the clip without a frame, if drawn
-  for name, bad, skipped, finite in (('invalid', invalid, 4, 1), ('non-finite', poisoned, invalid_videos, 0)):
-    after, metrics = compiled['one'](one_state, trainer.global_batch(bad, assemblies['one'].batch_shardings), key)
-    assert int(after['step']) == int(before['step']) + 1, name
-    assert (float(metrics['skipped_videos']), float(metrics['finite'])) == (skipped, finite), name
-    for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(before['params'])[0],
-                            jax.tree.leaves(jax.device_get(after['params']))):
-      np.testing.assert_array_equal(a, b, err_msg=f'{name}: {jax.tree_util.keystr(path)}')
+  bad_batches = (('invalid', dict(batch, valid=np.zeros_like(batch['valid'])), 4, 1),
+                 ('non-finite', dict(batch, face_embedding=np.full_like(batch['face_embedding'], np.nan)),
+                  invalid_videos, 0))
+  for mesh_name in ('one', 'mesh'):
+    state = results[mesh_name][0]
+    before = jax.device_get(state)
+    for name, bad, skipped, finite in bad_batches:
+      label = f'{mesh_name}, {name}'
+      after, metrics = compiled[mesh_name](jax.tree.map(jnp.copy, state),
+                                           trainer.global_batch(bad, assemblies[mesh_name].batch_shardings), key)
+      assert int(after['step']) == int(before['step']) + 1, label
+      assert (float(metrics['skipped_videos']), float(metrics['finite'])) == (skipped, finite), label
+      for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(before['params'])[0],
+                              jax.tree.leaves(jax.device_get(after['params']))):
+        np.testing.assert_array_equal(a, b, err_msg=f'{label}: {jax.tree_util.keystr(path)}')
 
 
 # ------------------------------------------------------------------------------------ subprocesses
