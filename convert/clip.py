@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from convert import state_dict as sd
-from sa_jax.models import clip
+from sa_jax.models import clip, stable_animator
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def load_image_encoder(folder: str | os.PathLike, config: clip.CLIPVisionConfig 
   path = sd.find_weights(folder, 'model') if os.path.isdir(folder) else folder
   if config is None:
     config = read_config(os.path.dirname(path))
-  expected = sd.expected_params('image_encoder', config)
+  expected = stable_animator.BY_NAME['image_encoder'].param_shapes(config)
   return sd.convert(sd.load_state_dict(path), expected, KEYMAP, dtype=dtype, source=path)
 
 

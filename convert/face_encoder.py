@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from convert import state_dict as sd_lib
-from sa_jax.models import face_encoder
+from sa_jax.models import face_encoder, stable_animator
 
 KEYMAP = sd_lib.KeyMap(renames=(
     ('1.1.weight', '1.proj_in.weight'),
@@ -24,7 +24,7 @@ KEYMAP = sd_lib.KeyMap(renames=(
 def load_face_encoder(path: str | os.PathLike, config: face_encoder.FaceEncoderConfig,
                       dtype: Any = np.float32) -> dict[str, Any]:
   """Reads `face_encoder.pth` into a FusionFaceId parameter tree of `dtype`, strictly."""
-  expected = sd_lib.expected_params('face_encoder', config)
+  expected = stable_animator.BY_NAME['face_encoder'].param_shapes(config)
   return sd_lib.convert(sd_lib.load_state_dict(path), expected, KEYMAP, dtype, source=os.fspath(path))
 
 

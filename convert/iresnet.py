@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from convert import state_dict as sd_lib
-from sa_jax.models import iresnet
+from sa_jax.models import iresnet, stable_animator
 
 KEYMAP = sd_lib.KeyMap(
     renames=(('running_mean', 'mean'), ('running_var', 'var'),
@@ -23,7 +23,7 @@ KEYMAP = sd_lib.KeyMap(
 def load_face_embedder(path: str | os.PathLike, config: iresnet.IResNetConfig,
                        dtype: Any = np.float32) -> dict[str, Any]:
   """Reads an IResNet `.pth` state dict into an IResNet parameter tree of `dtype`, strictly."""
-  expected = sd_lib.expected_params('face_embedder', config)
+  expected = stable_animator.BY_NAME['face_embedder'].param_shapes(config)
   return sd_lib.convert(sd_lib.load_state_dict(path), expected, KEYMAP, dtype, source=os.fspath(path))
 
 

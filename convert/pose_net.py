@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from convert import state_dict as sd_lib
-from sa_jax.models import pose_net
+from sa_jax.models import pose_net, stable_animator
 
 KEYMAP = sd_lib.KeyMap()
 
@@ -18,7 +18,7 @@ KEYMAP = sd_lib.KeyMap()
 def load_pose_net(path: str | os.PathLike, config: pose_net.PoseNetConfig,
                   dtype: Any = np.float32) -> dict[str, Any]:
   """Reads `pose_net.pth` (any float dtype) into a PoseNet parameter tree of `dtype`, strictly."""
-  expected = sd_lib.expected_params('pose_net', config)
+  expected = stable_animator.BY_NAME['pose_net'].param_shapes(config)
   return sd_lib.convert(sd_lib.load_state_dict(path), expected, KEYMAP, dtype, source=os.fspath(path))
 
 

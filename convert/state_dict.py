@@ -21,21 +21,13 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
-from flax import linen as nn
 from flax import traverse_util
 
 from sa_jax import errors
-from sa_jax.models import stable_animator
 
 logger = logging.getLogger(__name__)
 
 Path = tuple[str, ...]
-
-
-def expected_params(name: str, config: Any) -> Any:
-  """The parameter shapes the network `name` of `config` takes (`stable_animator.NETWORKS`, traced
-  once per config in a process)."""
-  return nn.unbox(stable_animator.BY_NAME[name].abstract_params(config))
 
 
 class CheckpointMismatchError(ValueError):

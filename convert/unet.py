@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from convert import state_dict as sd
-from sa_jax.models import unet
+from sa_jax.models import stable_animator, unet
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def load_unet(path: str | os.PathLike, config: unet.UNetConfig, dtype: Any = np.
   tensors = sd.load_state_dict(path)
   if path.endswith('.safetensors'):
     tensors = _add_id_adapter_copies(tensors)
-  expected = sd.expected_params('unet', config)
+  expected = stable_animator.BY_NAME['unet'].param_shapes(config)
   return sd.convert(tensors, expected, KEYMAP, dtype=dtype, source=path)
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from convert import state_dict as sd
-from sa_jax.models import vae
+from sa_jax.models import stable_animator, vae
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def load_vae(path: str | os.PathLike, config: vae.VAEConfig, dtype: Any = np.flo
   if os.path.isdir(path):
     path = sd.find_weights(path, 'diffusion_pytorch_model')
   tensors = rename_legacy_attention(sd.load_state_dict(path))
-  expected = sd.expected_params('vae', config)
+  expected = stable_animator.BY_NAME['vae'].param_shapes(config)
   return sd.convert(tensors, expected, KEYMAP, dtype=dtype, source=path)
 
 

@@ -20,7 +20,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import flax.linen as nn
 import imageio_ffmpeg
 import jax
 import jax.numpy as jnp
@@ -196,7 +195,7 @@ def load_request(inputs: Inputs, run: Any, embedding_dim: int) -> pipeline.Reque
 
 def _parameter_avals(name: str, config: Any) -> dict[str, list]:
   """`'path/to/kernel' -> [shape, dtype]` of a network's float32 parameters (traces its init)."""
-  abstract = nn.unbox(stable_animator.BY_NAME[name].abstract_params(config))
+  abstract = stable_animator.BY_NAME[name].param_shapes(config)
   return {path: [list(x.shape), str(x.dtype)] for path, x in traverse_util.flatten_dict(abstract, sep='/').items()}
 
 

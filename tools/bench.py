@@ -34,7 +34,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -265,7 +264,7 @@ def bench_memory(args: argparse.Namespace) -> None:
     latents, inputs = _sampler_inputs(configs, frames, height, width, abstract=True)
     rows = []
     for with_hjb in (False, True):
-      params = {k: nn.unbox(stable_animator.BY_NAME[k].abstract_params(getattr(configs, k)))
+      params = {k: stable_animator.BY_NAME[k].param_shapes(getattr(configs, k))
                 for k in (('unet', 'vae', 'face_embedder') if with_hjb else ('unet',))}
       base = None
       for label, remat, chunk, rows_per_call in variants:
@@ -284,7 +283,7 @@ def bench_memory(args: argparse.Namespace) -> None:
 def _abstract_params(models: ModelConfigs, dtype: Any, names: Sequence[str]) -> dict[str, Any]:
   """Network name -> the shapes of its parameters, every leaf in `dtype` (as sa-animate casts them)."""
   return {name: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, dtype),
-                             nn.unbox(stable_animator.BY_NAME[name].abstract_params(getattr(models, name))))
+                             stable_animator.BY_NAME[name].param_shapes(getattr(models, name)))
           for name in names}
 
 

@@ -16,6 +16,7 @@ import types
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -45,6 +46,10 @@ class Network:
   def abstract_params(self, config: Any, dtype: Dtype = jnp.float32) -> Any:
     """Boxed parameter shapes (traced once per config and dtype in a process: the UNet's take seconds)."""
     return _abstract_params(self.module, config, dtype)
+
+  def param_shapes(self, config: Any, dtype: Dtype = jnp.float32) -> Any:
+    """The parameter tree's shapes and dtypes, unboxed (`ShapeDtypeStruct` leaves)."""
+    return nn.unbox(self.abstract_params(config, dtype))
 
 
 @functools.lru_cache(maxsize=32)
