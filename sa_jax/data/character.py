@@ -38,6 +38,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from sa_jax import outputs
 from sa_jax.data.clip_files import EMBEDDING_DIM, PER_FRAME, SINGLE
 from sa_jax.prep import faces, frames, keypoints, pipeline, skeleton, staging
 
@@ -331,6 +332,7 @@ def write_dataset(root: str | os.PathLike, *, clips: int, eval_clips: int, ident
   entries, rendered = [], []
   with staging.staged_dir(root, overwrite, is_dataset_folder, what=_WHAT) as folder:
     for n, (split, i, who, how) in enumerate(tqdm(plan, desc='clips', unit='clip', disable=not progress or None)):
+      outputs.check_interrupted()     # a stop signal whose exception a callback swallowed
       name = f'{split}/{i:05d}'
       rendered.append(write_clip(folder / name, make_identity(seed, who), make_motion(seed, how),
                                  _background(seed, n, width, height), num_frames, f'character {who} motion {how}'))

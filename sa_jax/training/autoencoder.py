@@ -35,6 +35,7 @@ import optax
 from flax import traverse_util
 from tqdm import tqdm
 
+from sa_jax import outputs
 from sa_jax.models import vae
 from sa_jax.training import metrics
 
@@ -128,6 +129,7 @@ def train(frames: np.ndarray, config: vae.VAEConfig, training: TrainingConfig, p
   rng = np.random.default_rng(training.seed)
   bar = tqdm(range(training.steps), desc='VAE', unit='step', disable=not progress or None)
   for i in bar:
+    outputs.check_interrupted()       # a stop signal whose exception a callback swallowed
     clips = rng.integers(0, n, training.batch_size)
     starts = rng.integers(0, length - run + 1, training.batch_size)
     batch = np.stack([frames[c, s:s + run] for c, s in zip(clips, starts)])        # [B, run, H, W, 3]

@@ -26,6 +26,7 @@ import optax
 from flax import traverse_util
 from tqdm import tqdm
 
+from sa_jax import outputs
 from sa_jax.models import iresnet
 from sa_jax.models.stable_animator import crop_faces
 from sa_jax.sampling import hjb
@@ -117,6 +118,7 @@ def train(frames: np.ndarray, boxes: np.ndarray, labels: np.ndarray, config: ire
   rng = np.random.default_rng(training.seed)
   bar = tqdm(range(training.steps), desc='face embedder', unit='step', disable=not progress or None)
   for i in bar:
+    outputs.check_interrupted()       # a stop signal whose exception a callback swallowed
     pick = rng.choice(n, training.batch_size, replace=n < training.batch_size)
     params, opt_state, loss, accuracy = step(params, opt_state, frames[pick],
                                              _jittered(boxes[pick], rng, training.jitter, height, width), labels[pick])

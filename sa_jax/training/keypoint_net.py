@@ -16,6 +16,7 @@ import optax
 from flax import traverse_util
 from tqdm import tqdm
 
+from sa_jax import outputs
 from sa_jax.models import keypoint_net
 from sa_jax.training import metrics
 
@@ -56,6 +57,7 @@ def train(frames: np.ndarray, points: np.ndarray, training: TrainingConfig, prog
   rng = np.random.default_rng(training.seed)
   bar = tqdm(range(training.steps), desc='keypoints', unit='step', disable=not progress or None)
   for i in bar:
+    outputs.check_interrupted()       # a stop signal whose exception a callback swallowed
     pick = rng.choice(n, training.batch_size, replace=n < training.batch_size)
     batch, target = frames[pick].copy(), points[pick].copy()
     flip = rng.random(training.batch_size) < 0.5

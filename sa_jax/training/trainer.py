@@ -479,6 +479,7 @@ def _loop(config, assembly, state, start, data: Iterator, manager, writer, saved
   with tqdm(total=config.num_steps, initial=start, desc='sa-train', unit='step', disable=not progress,
             dynamic_ncols=True) as bar:
     for step in range(start, config.num_steps):
+      outputs.check_interrupted()     # a stop signal whose exception a callback swallowed
       batch = global_batch(next(data), assembly.batch_shardings)
       state, metrics = assembly.train_step(state, batch, key)
       pending.append(metrics)

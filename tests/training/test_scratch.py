@@ -3,6 +3,7 @@ on the identities, and sa-init-model's checkpoint with a VAE trained on the clip
 
 import json
 import shutil
+import signal
 from pathlib import Path
 
 import flax.linen as nn
@@ -14,10 +15,10 @@ from PIL import Image
 
 from configs import svd_xt
 from configs import train as train_configs
-from sa_jax import checkpoint
+from sa_jax import checkpoint, outputs
 from sa_jax.data import character, clip_files, clips
 from sa_jax.eval import pose
-from sa_jax.models import iresnet, keypoint_net
+from sa_jax.models import iresnet, keypoint_net, vae
 from sa_jax.training import autoencoder, face_embedder, scratch
 from sa_jax.training import keypoint_net as keypoint_training
 from tools import eval as eval_tool
@@ -27,6 +28,7 @@ SIZE, FRAMES = 64, 4
 ARGS = dict(clips=4, eval_clips=2, identities=3, motions=3, held_out_identities=2, held_out_motions=2,
             num_frames=FRAMES, width=SIZE, height=SIZE)
 EMBEDDER = iresnet.IResNetConfig.from_dict(svd_xt.get_config('demo').face_embedder.to_dict())
+VAE = vae.VAEConfig.from_dict(svd_xt.get_config('demo').vae.to_dict())
 
 
 @pytest.fixture(scope='module')
@@ -186,3 +188,27 @@ def test_the_pose_estimator_learned_the_keypoints_and_serves_sa_eval(dataset, tm
   again_frames, again = keypoint_training.mirrored(flipped_frames, flipped)
   np.testing.assert_array_equal(again_frames, frames)
   np.testing.assert_allclose(again, points)
+
+
+@pytest.mark.parametrize('loop', ['vae', 'face embedder', 'keypoints', 'dataset'])
+def test_a_swallowed_stop_signal_stops_each_long_loop_before_its_next_step(loop, tmp_path, monkeypatch):
+  """A SIGTERM whose exception a callback swallowed is recorded (`outputs._on_signal`); each loop of
+  sa-init-model and sa-make-dataset checks for one before every step, so it stops before the next
+  step (here before the first: nothing is compiled) and sa-make-dataset leaves no folder."""
+  monkeypatch.setattr(outputs, '_received', [])
+  try:
+    outputs._on_signal(signal.SIGTERM, None)
+  except outputs.Interrupted:
+    pass
+  frames = np.zeros((2, 4, SIZE, SIZE, 3), np.uint8)
+  runs = {
+      'vae': lambda: autoencoder.train(frames, VAE, autoencoder.TrainingConfig(steps=2), progress=False),
+      'face embedder': lambda: face_embedder.train(frames[0], np.tile([[8, 24, 8, 24]], (4, 1)), np.arange(4) % 2,
+                                                   EMBEDDER, face_embedder.TrainingConfig(steps=2), progress=False),
+      'keypoints': lambda: keypoint_training.train(frames[0], np.zeros((4, 18, 2), np.float32),
+                                                   keypoint_training.TrainingConfig(steps=2), progress=False),
+      'dataset': lambda: character.write_dataset(tmp_path / 'data', seed=1, progress=False, **ARGS),
+  }
+  with pytest.raises(outputs.Interrupted, match='SIGTERM'):
+    runs[loop]()
+  assert not (tmp_path / 'data').exists()

@@ -27,7 +27,7 @@ from flax import traverse_util
 
 from configs import svd_xt
 from configs import train as train_configs
-from sa_jax import animate, checkpoint, diffusion, sharding
+from sa_jax import animate, checkpoint, diffusion, outputs, sharding
 from sa_jax.data import clips, synthetic
 from sa_jax.models.stable_animator import ModelConfigs
 from sa_jax.training import optimizer, trainer
@@ -380,6 +380,34 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, init
   steps = sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit())
   assert steps == [1, 2]
   assert sorted(_losses(workdir)) == [1, 2, 3], 'the failed step is logged'
+
+
+def test_a_stop_signal_whose_exception_was_swallowed_stops_before_the_next_step(tmp_path, init_dir, clip_root,
+                                                                                 monkeypatch):
+  """A SIGTERM handled while a garbage-collection callback or a library's `except BaseException` runs
+  raises there and is lost, but recorded (`outputs._on_signal`): the loop stops before its next step,
+  keeping every step it finished (here one arrives while step 3 reads its batch)."""
+  _batch_reading_step(monkeypatch)
+  monkeypatch.setattr(outputs, '_received', [])
+  reads = []
+  read = trainer.global_batch
+
+  def global_batch_swallowing_a_signal(local, shardings):
+    reads.append(1)
+    if len(reads) == 3:
+      try:
+        outputs._on_signal(signal.SIGTERM, None)
+      except outputs.Interrupted:
+        pass
+    return read(local, shardings)
+
+  monkeypatch.setattr(trainer, 'global_batch', global_batch_swallowing_a_signal)
+  config = run_config(init_dir, clip_root, checkpoint__every=1)
+  workdir = tmp_path / 'stopped'
+  with pytest.raises(outputs.Interrupted, match='SIGTERM'):
+    trainer.train(config, workdir, progress=False)
+  steps = sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit())
+  assert steps == [1, 2, 3] and len(reads) == 3
 
 
 @pytest.mark.parametrize('argv, message', [
