@@ -28,7 +28,7 @@ LOCAL_HOSTS = ('127.0.0.1', 'localhost', '::1')
 
 def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog='sa-web', description=__doc__.split('\n')[0].replace('`', ''))
-  p.add_argument('--checkpoint', help='sa-convert output; omit for the demo model (random weights)')
+  p.add_argument('--checkpoint', help='sa-convert output; omit for the demo model (trained on synthetic 64x64 characters)')
   p.add_argument('--host', default='127.0.0.1', help='address to listen on (default: this machine only)')
   p.add_argument('--port', type=int, default=7860, help='port to listen on')
   p.add_argument('--dwpose-dir', help='DWPose models (yolox_l.onnx, dw-ll_ucoco_384.onnx): driving videos')
