@@ -92,6 +92,8 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
       motion_bucket_id=127.0,
       noise_aug_strength=0.02,
       conditioning_dropout_prob=0.1,  # CLIP token dropped for p < 0.2, reference latents for 0.1 <= p < 0.3
+      noise_d_low=32.0,             # noise resolutions of the sigma law (SPEC §5 step 4); smaller: noisier
+      noise_d_high=64.0,
   )
   config.optimizer = dict(
       learning_rate=1e-3 if tiny else 1e-5,

@@ -96,11 +96,11 @@ def _per_row(sigma: jax.Array, like: jax.Array) -> jax.Array:
   return sigma.reshape(sigma.shape + (1,) * (like.ndim - sigma.ndim))
 
 
-def sample_training_sigmas(key: jax.Array, batch: int) -> jax.Array:
+def sample_training_sigmas(key: jax.Array, batch: int, noise_d_low: float, noise_d_high: float) -> jax.Array:
   """`[B]` noise levels for a batch: stratified uniforms `(arange(B) + U[0, 1)) / B` through
   `training_sigmas` (SPEC §5 step 4)."""
   u = (jnp.arange(batch, dtype=jnp.float32) + jax.random.uniform(key, (batch,), jnp.float32)) / batch
-  return training_sigmas(u)
+  return training_sigmas(u, noise_d_low=noise_d_low, noise_d_high=noise_d_high)
 
 
 def training_sigmas(u: jax.Array, image_d: float = 64, noise_d_low: float = 32,

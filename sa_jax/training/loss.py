@@ -40,18 +40,23 @@ class LossConfig:
     noise_aug_strength: reference noise augmentation (and the third added time id).
     conditioning_dropout_prob: q; the CLIP token is dropped for p < 2q, the reference latents for
       q <= p < 3q (p ~ U[0, 1) per video).
+    noise_d_low, noise_d_high: the noise resolutions of the sigma law (`diffusion.training_sigmas`;
+      the original's 32 and 64); smaller draws more noise.
   """
   fps: int
   motion_bucket_id: float
   noise_aug_strength: float
   conditioning_dropout_prob: float
+  noise_d_low: float
+  noise_d_high: float
 
   @classmethod
   def from_config(cls, config: Any) -> 'LossConfig':
     """From the `loss` section of a training config."""
     return cls(fps=int(config.fps), motion_bucket_id=float(config.motion_bucket_id),
                noise_aug_strength=float(config.noise_aug_strength),
-               conditioning_dropout_prob=float(config.conditioning_dropout_prob))
+               conditioning_dropout_prob=float(config.conditioning_dropout_prob),
+               noise_d_low=float(config.noise_d_low), noise_d_high=float(config.noise_d_high))
 
 
 class Batch(NamedTuple):
@@ -161,11 +166,11 @@ def encode(params: Any, configs: ModelConfigs, batch: Batch, key: jax.Array, con
       face_masks=batch.face_masks.astype(jnp.float32) / 255.0, valid=batch.valid.astype(jnp.float32))
 
 
-def draw(key: jax.Array, latents_shape: tuple[int, ...]) -> Draws:
+def draw(key: jax.Array, latents_shape: tuple[int, ...], config: LossConfig) -> Draws:
   """Sigmas (stratified, interpolated cosine), noise like the latents, and dropout uniforms."""
   sigma_key, noise_key, dropout_key = jax.random.split(key, 3)
   b = latents_shape[0]
-  return Draws(sigma=diffusion.sample_training_sigmas(sigma_key, b),
+  return Draws(sigma=diffusion.sample_training_sigmas(sigma_key, b, config.noise_d_low, config.noise_d_high),
                noise=jax.random.normal(noise_key, latents_shape, jnp.float32),
                dropout=jax.random.uniform(dropout_key, (b,), jnp.float32))
 

@@ -95,7 +95,7 @@ def make_batch_loss(config: StepConfig) -> Callable[..., tuple[jax.Array, tuple[
     inputs = loss_lib.encode(frozen, config.models, batch, encode_key, config.loss, image_mean=config.image_mean,
                              image_std=config.image_std, dtype=config.dtype,
                              encode_chunk_size=config.encode_chunk_size)
-    draws = loss_lib.draw(draw_key, inputs.latents.shape)
+    draws = loss_lib.draw(draw_key, inputs.latents.shape, config.loss)
     value, _ = loss_lib.loss(full_params(trained, frozen, config), config.models, networks.unet, inputs, draws,
                              config.loss, config.dtype)
     return value, (inputs, draws)

@@ -8,6 +8,7 @@ reads its own slice of the data and the global batch is assembled from the proce
 so the same code runs on one CPU and on a multi-host pod.
 """
 
+import copy
 import dataclasses
 import json
 import logging
@@ -78,6 +79,9 @@ def check_config(config: Any, workdir: str | os.PathLike) -> None:
     problems.append(f'dtype {config.dtype!r}, expected one of {sorted(DTYPES)}')
   if not 0.0 <= config.ema_decay < 1.0:
     problems.append(f'ema_decay is {config.ema_decay}, expected 0 <= ema_decay < 1')
+  for name in ('noise_d_low', 'noise_d_high'):
+    if not config.loss[name] > 0:                     # `not >` also refuses NaN
+      problems.append(f'loss.{name} is {config.loss[name]}, expected > 0')
   if not config.data.roots:
     problems.append('data.roots is empty: give clip folders, folders of clips, clip-list files or packed '
                     'datasets (sa-pack-clips)')
@@ -405,7 +409,7 @@ def train(config: Any, workdir: str | os.PathLike, *, progress: bool = True) -> 
                                            async_save=config.checkpoint.async_save)
   start = manager.latest_step()
   if start is not None:
-    _check_resumable(saved_config, manager.restore_config(start), manager.directory)
+    _check_resumable(saved_config, with_implicit_settings(manager.restore_config(start)), manager.directory)
     if start >= config.num_steps:
       logger.info('%s is already at step %d >= num_steps %d: nothing to do', workdir, start, config.num_steps)
       manager.close()
@@ -511,8 +515,6 @@ def exported_params(workdir: str | os.PathLike, step: int | None = None, ema: bo
   and model config saved with it."""
   step, saved = saved_settings(workdir, step)
   config = ml_collections.ConfigDict({k: v for k, v in saved.items() if k not in ('model_config', 'runtime')})
-  if 'trained' not in config:       # runs saved before the setting existed trained the release's subset
-    config.trained = 'release'
   if ema and config.ema_decay <= 0:
     raise ValueError(f'--ema: the run of {workdir} has ema_decay {config.ema_decay}, no EMA to export')
   ckpt = checkpoint.CheckpointConfig.from_json(saved['model_config'])
@@ -535,9 +537,26 @@ def saved_settings(workdir: str | os.PathLike, step: int | None = None) -> tuple
     step = max(steps) if step is None else step
     if step not in steps:
       raise ValueError(f'{manager.directory} has no step {step}; it has {steps}')
-    return step, manager.restore_config(step)
+    return step, with_implicit_settings(manager.restore_config(step))
   finally:
     manager.close()
+
+
+# Settings added after runs had been saved without them, each with the value those runs had.
+IMPLICIT_SETTINGS = {'trained': 'release', 'loss.noise_d_low': 32.0, 'loss.noise_d_high': 64.0}
+
+
+def with_implicit_settings(saved: dict[str, Any]) -> dict[str, Any]:
+  """A run's saved settings with those it predates (`IMPLICIT_SETTINGS`) filled in, so that an
+  older run resumes and exports as it trained."""
+  saved = copy.deepcopy(saved)
+  for dotted, value in IMPLICIT_SETTINGS.items():
+    *path, leaf = dotted.split('.')
+    node = saved
+    for part in path:
+      node = node.setdefault(part, {})
+    node.setdefault(leaf, value)
+  return saved
 
 
 def export_checkpoint(workdir: str | os.PathLike, out: str | os.PathLike, step: int | None = None,

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
+from configs import train as train_configs
 from convert import face_encoder as convert_face_encoder
 from convert import pose_net as convert_pose_net
 from convert import unet as convert_unet
@@ -59,10 +60,12 @@ def case(request):
   params = {name: p for name, (_, p) in loaded.items()}
   io = c.io
   settings = c.meta['settings']
+  release = train_configs.get_config().loss       # the sigma law's settings (the draws are recorded)
   config = loss_lib.LossConfig(fps=int(settings['fps id']) + 1,
                                motion_bucket_id=float(settings['motion_bucket_id']),
                                noise_aug_strength=float(settings['train_noise_aug (added_time_ids[2])']),
-                               conditioning_dropout_prob=float(settings['conditioning_dropout_prob']))
+                               conditioning_dropout_prob=float(settings['conditioning_dropout_prob']),
+                               noise_d_low=release.noise_d_low, noise_d_high=release.noise_d_high)
   b = io['latents'].shape[0]
   inputs = loss_lib.Encoded(
       latents=_nhwc(io['latents']), reference_latents=_nhwc(io['conditional_latents']),

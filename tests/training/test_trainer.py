@@ -410,6 +410,19 @@ def test_a_stop_signal_whose_exception_was_swallowed_stops_before_the_next_step(
   assert steps == [1, 2, 3] and len(reads) == 3
 
 
+def test_a_run_saved_before_a_setting_existed_resumes_as_it_trained(init_dir, clip_root):
+  """Settings added later (`trainer.IMPLICIT_SETTINGS`) are filled in with the values older runs had,
+  so such a run resumes under today's defaults; a value a run saved is kept."""
+  current = json.loads(run_config(init_dir, clip_root).to_json())
+  older = json.loads(run_config(init_dir, clip_root).to_json())
+  del older['trained'], older['loss']['noise_d_low'], older['loss']['noise_d_high']
+  with pytest.raises(ValueError, match=r'differ: trained \(None'):
+    trainer._check_resumable(current, older, 'runs/old')
+  trainer._check_resumable(current, trainer.with_implicit_settings(older), 'runs/old')
+  older['loss']['noise_d_low'] = 8.0
+  assert trainer.with_implicit_settings(older)['loss']['noise_d_low'] == 8.0
+
+
 @pytest.mark.parametrize('argv, message', [
     (['--config.optimizer.lerning_rate=1'], 'lerning_rate'),
     (['--config.data.roots=/nonexistent/clips'], 'data root /nonexistent/clips does not exist'),
@@ -423,8 +436,9 @@ def test_a_stop_signal_whose_exception_was_swallowed_stops_before_the_next_step(
      'encode_chunk_size 2 with data.num_frames 4 and mesh axis context=4'),
     (['--config.trained=unet'], "trained 'unet', expected one of"),
     (['--config.trained=all', '--config.lora.rank=4'], "trained 'all' with lora.rank 4"),
+    (['--config.loss.noise_d_low=0'], 'loss.noise_d_low is 0.0, expected > 0'),
 ], ids=['unknown-field', 'roots', 'init', 'size', 'dtype', 'context', 'lora', 'bucket-size', 'encode-chunks',
-        'trained', 'trained-lora'])
+        'trained', 'trained-lora', 'sigma-law'])
 def test_cli_errors_are_one_line(tmp_path, init_dir, clip_root, capsys, argv, message):
   base = ['--config', f'{REPO}/configs/train.py:tiny', f'--workdir={tmp_path / "w"}',
           f'--config.model.init={init_dir}', f'--config.data.roots={clip_root}']
