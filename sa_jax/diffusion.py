@@ -100,15 +100,15 @@ def sample_training_sigmas(key: jax.Array, batch: int, noise_d_low: float, noise
   """`[B]` noise levels for a batch: stratified uniforms `(arange(B) + U[0, 1)) / B` through
   `training_sigmas` (SPEC §5 step 4)."""
   u = (jnp.arange(batch, dtype=jnp.float32) + jax.random.uniform(key, (batch,), jnp.float32)) / batch
-  return training_sigmas(u, noise_d_low=noise_d_low, noise_d_high=noise_d_high)
+  return training_sigmas(u, noise_d_low, noise_d_high)
 
 
-def training_sigmas(u: jax.Array, image_d: float = 64, noise_d_low: float = 32,
-                    noise_d_high: float = 64, sigma_data: float = 0.5, sigma_min: float = 0.002,
-                    sigma_max: float = 700.0) -> jax.Array:
+def training_sigmas(u: jax.Array, noise_d_low: float, noise_d_high: float, image_d: float = 64,
+                    sigma_data: float = 0.5, sigma_min: float = 0.002, sigma_max: float = 700.0) -> jax.Array:
   """Interpolated-cosine noise levels of the training script, from uniforms `u` in [0, 1).
 
-  `u = 0` gives sigma_max and `u = 1` sigma_min (SPEC §5 step 4). float32 like the reference.
+  `u = 0` gives sigma_max and `u = 1` sigma_min (SPEC §5 step 4; the original's noise resolutions
+  are 32 and 64: `configs/train.py`'s `loss` section). float32 like the reference.
   """
   u = jnp.asarray(u, jnp.float32)
   logsnr_min = -2 * math.log(sigma_min / sigma_data)

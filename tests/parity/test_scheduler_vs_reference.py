@@ -5,6 +5,7 @@ import re
 import numpy as np
 import pytest
 
+from configs import train as train_configs
 from sa_jax import diffusion as schedule
 from tests.parity import bounds, reference
 
@@ -64,7 +65,8 @@ def test_euler_loop(case):
 def test_training_sigmas(case):
   u = case.io['train_sigma_u']
   # Elementwise: float32 rounding of tan's argument near pi/2 (u -> 0) dominates (bounds.py).
-  reference.assert_close(schedule.training_sigmas(u), case.io['train_sigma'], 0.0,
+  law = train_configs.get_config().loss                 # the release settings' sigma law
+  reference.assert_close(schedule.training_sigmas(u, law.noise_d_low, law.noise_d_high), case.io['train_sigma'], 0.0,
                          bounds.training_sigma_rtol(u), name='training sigmas')
 
 

@@ -22,6 +22,6 @@ def test_the_sigma_law_is_the_originals_by_default_and_noisier_at_smaller_noise_
   batch = 64
   release = loss_lib.draw(key, (batch, 2, 4, 4, 4), _config()).sigma
   u = (np.arange(batch) + np.asarray(jax.random.uniform(jax.random.split(key, 3)[0], (batch,)))) / batch
-  np.testing.assert_array_equal(release, diffusion.training_sigmas(u.astype(np.float32)))
+  np.testing.assert_array_equal(release, diffusion.training_sigmas(u.astype(np.float32), 32, 64))
   noisier = loss_lib.draw(key, (batch, 2, 4, 4, 4), _config(noise_d_low=8.0, noise_d_high=16.0)).sigma
   assert np.all(np.asarray(noisier) > np.asarray(release))
