@@ -335,10 +335,15 @@ def check_run(run: Any) -> None:
   _dtype(s.dtype)
 
 
+def model_folder(checkpoint_dir: str | os.PathLike | None) -> str | os.PathLike:
+  """The checkpoint a run reads: `checkpoint_dir`, or the bundled demo model without one."""
+  return DEMO_MODEL if checkpoint_dir is None else checkpoint_dir
+
+
 def check_checkpoint(checkpoint_dir: str | os.PathLike | None, run: Any) -> CheckpointConfig:
   """The config of the model a run will use (the bundled demo model without `checkpoint_dir`),
   checked against the run before any parameter is read."""
-  checkpoint_dir = DEMO_MODEL if checkpoint_dir is None else checkpoint_dir
+  checkpoint_dir = model_folder(checkpoint_dir)
   config = checkpoint.load_config(checkpoint_dir)
   if run.hjb.enabled and config.models.face_embedder is None:
     raise ValueError(f'the HJB face correction needs the face embedder, which {checkpoint_dir} lacks: convert '
@@ -541,7 +546,7 @@ def load_model_for(checkpoint_dir: str | os.PathLike | None, run: Any, mesh: Mes
   """The parameters a run needs (the face embedder only for HJB), read once in the run's dtype and,
   with a mesh, straight into their shardings; the bundled demo model without `checkpoint_dir`."""
   names = pipeline.NEEDS + (('face_embedder',) if run.hjb.enabled else ())
-  checkpoint_dir = DEMO_MODEL if checkpoint_dir is None else checkpoint_dir
+  checkpoint_dir = model_folder(checkpoint_dir)
   config = check_checkpoint(checkpoint_dir, run)
   shardings = None
   if mesh is not None:
