@@ -11,7 +11,8 @@ recognised by their dead process and cleaned up by the next run (`remove_stale`)
 refuses, before any work, an output folder that cannot be created or written or whose file system
 lacks room for a lower bound of the output's size.
 
-Interrupts: under `stop_on_signals()` SIGINT and SIGTERM raise `Interrupted` and are remembered.
+Interrupts: under `stop_on_signals()` SIGINT and SIGTERM raise `Interrupted` and are remembered
+(under `defer_first_signal()` the first one is only remembered, for a loop to act on between steps).
 `commit` (and `replace`, a commit of one) refuses to rename anything into place once one arrived,
 so even a signal whose exception was swallowed (JAX's garbage-collection callbacks print "Exception
 ignored" and go on) leaves nothing under a final name; a signal that arrives during a commit is
@@ -32,6 +33,7 @@ SIGNATURE = 'sa-jax'       # written into the files the tools make (PNG text, GI
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _received: list[int] = []   # signals that arrived under `stop_on_signals`, in order
 _held = 0                   # > 0 while a commit renames: signals are recorded, raised after it
+_deferring = 0              # > 0 while a loop takes a first signal at its next safe point (`defer_first_signal`)
 _staged_here: set[str] = set()   # staging names this process made (a killed run may have had our pid)
 
 
@@ -46,7 +48,7 @@ class Interrupted(KeyboardInterrupt):
 def _on_signal(signum: int, frame: object) -> None:
   del frame
   _received.append(signum)
-  if not _held:
+  if not _held and not (_deferring and len(_received) == 1):
     raise Interrupted(signum)
 
 
@@ -67,6 +69,19 @@ def stop_on_signals() -> Iterator[None]:
     for signum, handler in previous.items():
       signal.signal(signum, handler)
     _received.clear()
+
+
+@contextlib.contextmanager
+def defer_first_signal() -> Iterator[None]:
+  """Inside, the first stop signal is only recorded: a loop finds it with `received_signal` at its
+  next safe point (sa-train: between steps, where it saves the step reached); a second one raises
+  `Interrupted` at once (a loop stuck in a step still stops)."""
+  global _deferring
+  _deferring += 1
+  try:
+    yield
+  finally:
+    _deferring -= 1
 
 
 def received_signal() -> int | None:

@@ -135,3 +135,13 @@ def test_a_signal_during_a_commit_waits_until_it_is_complete(tmp_path, monkeypat
       outputs.commit(moves)
   assert [t.read_text() for _, t in moves] == ['new'] * 3
   assert sorted(p.name for p in tmp_path.iterdir()) == ['target0', 'target1', 'target2']
+
+
+def test_a_deferred_first_signal_is_only_recorded_and_a_second_one_stops():
+  with outputs.stop_on_signals(), outputs.defer_first_signal():
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(0.1)                            # no exception: the loop acts on it between steps
+    assert outputs.received_signal() == signal.SIGTERM
+    with pytest.raises(outputs.Interrupted, match='SIGINT'):
+      os.kill(os.getpid(), signal.SIGINT)
+      time.sleep(1)

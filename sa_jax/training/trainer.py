@@ -13,6 +13,7 @@ import dataclasses
 import json
 import logging
 import os
+import signal
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -480,10 +481,15 @@ def _loop(config, assembly, state, start, data: Iterator, manager, writer, saved
     writer.write_scalars(done, logged)
     pending, tick = [], time.perf_counter()
 
-  with tqdm(total=config.num_steps, initial=start, desc='sa-train', unit='step', disable=not progress,
-            dynamic_ncols=True) as bar:
+  # A stop signal is taken between steps, where the state and the data position agree: the step
+  # reached is saved first (a second signal stops at once).
+  with outputs.defer_first_signal(), tqdm(total=config.num_steps, initial=start, desc='sa-train', unit='step',
+                                          disable=not progress, dynamic_ncols=True) as bar:
     for step in range(start, config.num_steps):
-      outputs.check_interrupted()     # a stop signal whose exception a callback swallowed
+      if outputs.received_signal() is not None:
+        flush(step)
+        _save_at_stop(manager, step, start, state, data, saved_config)
+        outputs.check_interrupted()
       batch = global_batch(next(data), assembly.batch_shardings)
       state, metrics = assembly.train_step(state, batch, key)
       pending.append(metrics)
@@ -508,6 +514,23 @@ def _loop(config, assembly, state, start, data: Iterator, manager, writer, saved
       if validate_at is not None and done % config.validation.every == 0:
         logger.info('validation video: %s', validate_at(state, done))
   return logged
+
+
+def _save_at_stop(manager, step: int, start: int, state, data, saved_config) -> None:
+  """Saves step `step` (the state and data position a stop signal found) unless it is saved already
+  or nothing was trained. Single-process runs only: the processes of a multi-process run receive
+  the signal at different steps, so such a run keeps its last periodic checkpoint."""
+  manager.wait()
+  name = signal.Signals(outputs.received_signal()).name
+  if step == start or manager.latest_step() == step:
+    return
+  if jax.process_count() > 1:
+    logger.warning('stopped by %s at step %d: a multi-process run keeps its last periodic checkpoint (step %s)',
+                   name, step, manager.latest_step())
+    return
+  manager.save(step, state, data, saved_config)
+  manager.wait()
+  logger.info('stopped by %s: saved step %d in %s (the same command resumes it)', name, step, manager.directory)
 
 
 def exported_params(workdir: str | os.PathLike, step: int | None = None, ema: bool = False) -> dict[str, Any]:

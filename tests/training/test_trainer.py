@@ -382,32 +382,38 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, init
   assert sorted(_losses(workdir)) == [1, 2, 3], 'the failed step is logged'
 
 
-def test_a_stop_signal_whose_exception_was_swallowed_stops_before_the_next_step(tmp_path, init_dir, clip_root,
-                                                                                 monkeypatch):
-  """A SIGTERM handled while a garbage-collection callback or a library's `except BaseException` runs
-  raises there and is lost, but recorded (`outputs._on_signal`): the loop stops before its next step,
-  keeping every step it finished (here one arrives while step 3 reads its batch)."""
+def test_a_stop_signal_saves_the_step_reached_and_the_same_command_resumes_it(tmp_path, init_dir, clip_root,
+                                                                             monkeypatch):
+  """A SIGTERM that arrives while step 3 reads its batch, with no periodic checkpoint before step 6:
+  step 3 finishes and is saved with its data position, the run stops, and the same settings resume
+  it with the batches an uninterrupted run reads (the batch-reading step logs its batch's mean pixel).
+  The loop only records a first signal (`outputs.defer_first_signal`), so none is lost in a callback
+  that would swallow its exception."""
   _batch_reading_step(monkeypatch)
+  config = run_config(init_dir, clip_root, checkpoint__every=6)
+  trainer.train(config, tmp_path / 'whole', progress=False)
   monkeypatch.setattr(outputs, '_received', [])
   reads = []
   read = trainer.global_batch
 
-  def global_batch_swallowing_a_signal(local, shardings):
+  def global_batch_and_a_signal(local, shardings):
     reads.append(1)
     if len(reads) == 3:
-      try:
-        outputs._on_signal(signal.SIGTERM, None)
-      except outputs.Interrupted:
-        pass
+      outputs._on_signal(signal.SIGTERM, None)   # the loop defers a first signal: recorded, not raised
     return read(local, shardings)
 
-  monkeypatch.setattr(trainer, 'global_batch', global_batch_swallowing_a_signal)
-  config = run_config(init_dir, clip_root, checkpoint__every=1)
+  monkeypatch.setattr(trainer, 'global_batch', global_batch_and_a_signal)
   workdir = tmp_path / 'stopped'
   with pytest.raises(outputs.Interrupted, match='SIGTERM'):
     trainer.train(config, workdir, progress=False)
-  steps = sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit())
-  assert steps == [1, 2, 3] and len(reads) == 3
+
+  def steps():
+    return sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit())
+  assert steps() == [3] and len(reads) == 3 and sorted(_losses(workdir)) == [1, 2, 3]
+  monkeypatch.setattr(outputs, '_received', [])
+  monkeypatch.setattr(trainer, 'global_batch', read)
+  trainer.train(config, workdir, progress=False)
+  assert steps() == [3, 6] and _losses(workdir) == _losses(tmp_path / 'whole')
 
 
 def test_a_run_saved_before_a_setting_existed_resumes_as_it_trained(init_dir, clip_root):
