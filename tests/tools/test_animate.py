@@ -14,6 +14,7 @@ from sa_jax import animate, diffusion
 from sa_jax.checkpoint import CheckpointConfig
 from sa_jax.models import stable_animator
 from sa_jax.sampling import sampler
+from tests import micro_model
 from tools import animate as animate_tool
 
 SAMPLE = animate.SAMPLE_DIR
@@ -112,12 +113,14 @@ def test_output_may_not_hold_an_input(tmp_path):
 
 
 @pytest.mark.heavy
-def test_checkpoint_with_face_correction(checkpoint_dir, tmp_path):
+def test_checkpoint_with_face_correction(tmp_path):
   out = tmp_path / 'hjb.mp4'
   width, height = Image.open(SAMPLE / 'reference.png').size
-  # The sample's first 4 frames, all in one decode chunk: the face-loss gradient then traces the
-  # decoder and the face embedder once, not again for a tail chunk (the tail is tested in
-  # tests/sampling/test_hjb.py and test_sampler.py).
+  # The micro model with a face embedder (HJB's values are checked against the original in
+  # tests/parity; here, that sa-animate runs it from a checkpoint). The sample's first 4 frames, all
+  # in one decode chunk: the face-loss gradient then traces the decoder and the face embedder once,
+  # not again for a tail chunk (the tail is tested in tests/sampling/test_hjb.py and test_sampler.py).
+  checkpoint_dir = micro_model.write_checkpoint(tmp_path / 'micro', face_embedder=True)
   frames = 4
   animate_tool.main(['--checkpoint', str(checkpoint_dir), '--input', str(SAMPLE), '--out', str(out),
                      '--width', str(width), '--height', str(height), '--num-frames', str(frames), '--steps', '2',

@@ -15,7 +15,6 @@ import jax.numpy as jnp
 import pytest
 
 from sa_jax import animate, checkpoint, diffusion
-from sa_jax.models.stable_animator import ModelConfigs
 from tests import micro_model
 from tools import animate as animate_tool
 from tools import bench, bench_original, original
@@ -59,9 +58,8 @@ def test_production_figures_come_from_the_animators_programs(monkeypatch, capsys
   """The production benchmark at a micro scale: FLOPs per video from loop-free pieces (HJB's
   included), and the sampler program's memory on one device and on the mesh of all (8 here),
   compiled from shapes (without HJB: its sampler takes 40 s to compile even at this size)."""
-  models = micro_model.micro_models().to_dict()
-  models['face_embedder'] = dict(layers=[1, 1, 1, 1], num_features=512, widths=[8, 8, 8, 8])
-  config = checkpoint.CheckpointConfig(models=ModelConfigs.from_dict(models), scheduler=diffusion.ScheduleConfig())
+  config = checkpoint.CheckpointConfig(models=micro_model.micro_models(face_embedder=True),
+                                       scheduler=diffusion.ScheduleConfig())
   monkeypatch.setattr(bench, 'production_config', lambda: config)
   monkeypatch.setattr(bench, 'PRODUCTION', dict(height=64, width=128, steps=2, dtype=jnp.float32,
                                                 query_chunk_size=None))
